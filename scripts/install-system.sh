@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the system packages pussh's tests, benchmarks and demo need (Debian 12, root).
+# Docker 26 and containerd 1.7 come from Debian's trixie suite, pinned low so nothing else upgrades.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+need=(dockerd containerd sshd skopeo busybox debootstrap ip iptables tc docker-registry)
+missing=0
+for c in "${need[@]}"; do command -v "$c" >/dev/null 2>&1 || [ -x "/usr/sbin/$c" ] || [ -x "/usr/bin/$c" ] || missing=1; done
+[ -x /usr/lib/openssh/sftp-server ] || missing=1
+python3 -c 'import sys' 2>/dev/null || missing=1
+if [ "$missing" = 0 ] && dockerd --version 2>/dev/null | grep -q 'version 2[6-9]'; then exit 0; fi
+
+src=/etc/apt/sources.list.d/debian.sources
+if ! grep -rqs 'trixie' /etc/apt/sources.list.d/; then
+  mirror=$(awk '/^URIs:/{print $2; exit}' "$src" 2>/dev/null || echo http://deb.debian.org/debian)
+  cat > /etc/apt/sources.list.d/trixie.sources <<SRC
+Types: deb
+URIs: $mirror
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  cat > /etc/apt/preferences.d/trixie-low <<PIN
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+PIN
+fi
+apt-get update -q
+apt-get install -y -q -t trixie docker.io containerd
+apt-get install -y -q openssh-server openssh-client busybox-static skopeo docker-registry debootstrap \
+  iproute2 iptables python3-venv zstd
+# The packages start their own services on install where systemd runs; we run our own daemons instead.
