@@ -27,7 +27,7 @@ Pin-Priority: 100
 PIN
 fi
 apt-get update -q
-apt-get install -y -q -t trixie docker.io containerd
-apt-get install -y -q openssh-server openssh-client busybox-static skopeo docker-registry debootstrap \
-  iproute2 iptables python3-venv zstd
+# One transaction from trixie: mixing suites across two installs leaves openssh-server unsatisfiable.
+apt-get install -y -q -t trixie docker.io containerd runc openssh-server openssh-client busybox-static skopeo \
+  docker-registry debootstrap iproute2 iptables sudo zstd python3-venv
 # The packages start their own services on install where systemd runs; we run our own daemons instead.

@@ -1,0 +1,10 @@
+"""A small typed async client for containerd's gRPC API (content, images, leases), on grpclib."""
+from .client import DEFAULT_NAMESPACE, DEFAULT_SOCKET, Containerd
+from .errors import AlreadyExists, ContainerdError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from .types import Descriptor, Image, Info, IngestStatus, Lease
+
+__all__ = [
+    "Containerd", "DEFAULT_NAMESPACE", "DEFAULT_SOCKET",
+    "ContainerdError", "NotFound", "AlreadyExists", "Unavailable", "FailedPrecondition", "InvalidArgument",
+    "Descriptor", "Image", "Info", "IngestStatus", "Lease",
+]

@@ -1,0 +1,59 @@
+"""Typed errors for containerd calls, mapped from gRPC status codes (and socket failures)."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+
+class ContainerdError(Exception):
+    """Any failed containerd call."""
+
+
+class NotFound(ContainerdError):
+    pass
+
+
+class AlreadyExists(ContainerdError):
+    pass
+
+
+class Unavailable(ContainerdError):
+    """The daemon cannot be reached, or a resource (such as an ingest ref) is locked by another writer."""
+
+
+class FailedPrecondition(ContainerdError):
+    """For writes: size or digest mismatch, or a write at the wrong offset."""
+
+
+class InvalidArgument(ContainerdError):
+    pass
+
+
+_BY_STATUS: dict[Status, type[ContainerdError]] = {
+    Status.NOT_FOUND: NotFound,
+    Status.ALREADY_EXISTS: AlreadyExists,
+    Status.UNAVAILABLE: Unavailable,
+    Status.FAILED_PRECONDITION: FailedPrecondition,
+    Status.INVALID_ARGUMENT: InvalidArgument,
+    Status.OUT_OF_RANGE: FailedPrecondition,
+}
+
+
+def from_grpc(err: GRPCError) -> ContainerdError:
+    return _BY_STATUS.get(err.status, ContainerdError)(err.message or err.status.name)
+
+
+@contextlib.contextmanager
+def mapped() -> Iterator[None]:
+    """Turn grpclib and socket exceptions raised inside the block into ContainerdError subclasses."""
+    try:
+        yield
+    except GRPCError as err:
+        raise from_grpc(err) from err
+    except (ConnectionError, FileNotFoundError, StreamTerminatedError) as err:
+        raise Unavailable(f"containerd connection failed: {err}") from err
+    except PermissionError as err:
+        raise Unavailable(f"permission denied on the containerd socket: {err}") from err

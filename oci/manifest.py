@@ -1,0 +1,131 @@
+"""Manifests and indexes: parse, list children, choose platforms."""
+from __future__ import annotations
+
+import json
+import platform as _platform
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import mediatypes
+
+
+class InvalidManifest(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    def matches(self, other: "Platform") -> bool:
+        return (
+            self.os == other.os
+            and self.architecture == other.architecture
+            and (not self.variant or not other.variant or self.variant == other.variant)
+        )
+
+
+def parse_platform(text: str) -> Platform:
+    parts = text.strip().split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"invalid platform {text!r}: use os/arch[/variant], e.g. linux/amd64")
+    return Platform(parts[0], normalize_arch(parts[1]), parts[2] if len(parts) == 3 else "")
+
+
+def normalize_arch(arch: str) -> str:
+    return {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm", "i386": "386"}.get(arch, arch)
+
+
+def host_platform() -> Platform:
+    return Platform("linux", normalize_arch(_platform.machine().lower()))
+
+
+@dataclass(frozen=True)
+class Desc:
+    media_type: str
+    digest: str
+    size: int
+    platform: Platform | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    artifact_type: str = ""
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Desc":
+        try:
+            p = d.get("platform")
+            plat = Platform(p["os"], p["architecture"], p.get("variant", "")) if isinstance(p, dict) else None
+            return cls(str(d["mediaType"]), str(d["digest"]), int(d["size"]), plat,
+                       dict(d.get("annotations") or {}), str(d.get("artifactType") or ""))
+        except (KeyError, TypeError, ValueError) as err:
+            raise InvalidManifest(f"invalid descriptor: {err}") from err
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.platform:
+            out["platform"] = {"os": self.platform.os, "architecture": self.platform.architecture}
+            if self.platform.variant:
+                out["platform"]["variant"] = self.platform.variant
+        if self.annotations:
+            out["annotations"] = self.annotations
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        return out
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A manifest or index body, with what it points at."""
+
+    media_type: str
+    raw: dict[str, Any]
+    config: Desc | None
+    layers: list[Desc]
+    manifests: list[Desc]
+    subject: Desc | None
+    artifact_type: str
+
+    @property
+    def is_index(self) -> bool:
+        return mediatypes.is_index(self.media_type)
+
+    def children(self) -> list[Desc]:
+        return ([self.config] if self.config else []) + self.layers + self.manifests
+
+
+def parse(body: bytes, media_type: str | None = None) -> Parsed:
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidManifest(f"manifest is not valid JSON: {err}") from err
+    if not isinstance(raw, dict):
+        raise InvalidManifest("manifest must be a JSON object")
+    mt = raw.get("mediaType") or media_type or ""
+    if not mt:
+        mt = mediatypes.OCI_INDEX if "manifests" in raw else mediatypes.OCI_MANIFEST
+    if media_type and raw.get("mediaType") and raw["mediaType"] != media_type:
+        raise InvalidManifest(f"mediaType {raw['mediaType']!r} does not match Content-Type {media_type!r}")
+    if mt not in mediatypes.ALL_MANIFESTS:
+        raise InvalidManifest(f"unsupported manifest media type {mt!r}")
+    if raw.get("schemaVersion") != 2:
+        raise InvalidManifest("schemaVersion must be 2")
+    def descs(key: str) -> list[Desc]:
+        v = raw.get(key) or []
+        if not isinstance(v, list):
+            raise InvalidManifest(f"{key} must be a list")
+        return [Desc.from_json(d) for d in v]
+    config = None
+    if mediatypes.is_manifest(mt):
+        if not isinstance(raw.get("config"), dict):
+            raise InvalidManifest("manifest has no config descriptor")
+        config = Desc.from_json(raw["config"])
+        layers, manifests = descs("layers"), []
+    else:
+        layers, manifests = [], descs("manifests")
+    subject = Desc.from_json(raw["subject"]) if isinstance(raw.get("subject"), dict) else None
+    artifact_type = str(raw.get("artifactType") or (config.media_type if config else "") or "")
+    return Parsed(mt, raw, config, layers, manifests, subject, artifact_type)

@@ -1,0 +1,1 @@
+"""containerd API definitions used by pussh and their generated grpclib stubs (see generate.py)."""
