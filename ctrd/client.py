@@ -74,8 +74,8 @@ class Containerd:
                 pass
 
     async def content_root(self) -> str | None:
-        """The content store's directory as the content plugin exports it, if this process can read
-        it (same host and enough permission); None means: use gRPC reads."""
+        """The content store's directory as the content plugin exports it; None means: use gRPC
+        reads. Whether a blob there is readable by this process is checked per blob."""
         if self._content_root is False:
             root: str | None = None
             try:
@@ -85,7 +85,7 @@ class Containerd:
                     )
                 for plugin in resp.plugins:
                     candidate = plugin.exports.get("root")
-                    if candidate and os.access(candidate, os.R_OK | os.X_OK):
+                    if candidate:
                         root = candidate
             except errors.ContainerdError:
                 root = None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING
@@ -135,18 +136,35 @@ class ContentStore:
         total: int,
         labels: Mapping[str, str] | None = None,
         lease: str | None = None,
+        lock_timeout: float = 600.0,
     ) -> bool:
         """Write a whole blob, resuming the ingest from wherever `ref` stands. Returns False when the
-        blob was already present (not an error: another writer got there first)."""
-        try:
-            async with self.writer(ref, lease=lease) as w:
-                offset = await w.stat(expected=expected, total=total)
-                async for chunk in source(offset):
-                    await w.write(chunk)
-                await w.commit(labels=labels)
-                return True
-        except AlreadyExists:
-            return False
+        blob was already present (not an error: another writer got there first). While another
+        writer holds the same ref, wait for it (up to `lock_timeout` seconds) rather than fail."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + lock_timeout
+        delay = 0.05
+        while True:
+            opened = False
+            try:
+                async with self.writer(ref, lease=lease) as w:
+                    offset = await w.stat(expected=expected, total=total)
+                    opened = True
+                    async for chunk in source(offset):
+                        await w.write(chunk)
+                    await w.commit(labels=labels)
+                    return True
+            except AlreadyExists:
+                return False
+            except errors.Unavailable as err:
+                # Refused before we wrote anything: the ref is locked by another writer.
+                locked = "locked" in str(err) or (isinstance(err, errors.StreamReset) and not opened)
+                if not locked or loop.time() > deadline:
+                    raise
+            if await self.exists(expected):
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 class Writer:
@@ -162,6 +180,7 @@ class Writer:
         self.offset = 0
         self.total = 0
         self.expected = ""
+        self._ended = False
 
     async def __aenter__(self) -> "Writer":
         md = self._store._client.metadata(lease=self._lease)
@@ -171,7 +190,15 @@ class Writer:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        assert self._cm is not None
+        assert self._cm is not None and self._stream is not None
+        if not self._ended:
+            # Leaving without a commit: reset the stream. containerd keeps the ingest (and its
+            # offset) for a later writer of the same ref to resume; the lease bounds its life.
+            with contextlib.suppress(Exception):
+                await self._stream.cancel()
+            with contextlib.suppress(Exception):
+                await self._cm.__aexit__(*exc)
+            return
         try:
             with errors.mapped():
                 await self._cm.__aexit__(*exc)
@@ -181,6 +208,7 @@ class Writer:
 
     async def _call(self, req: content_pb2.WriteContentRequest, end: bool = False) -> content_pb2.WriteContentResponse:
         assert self._stream is not None
+        self._ended = self._ended or end
         with errors.mapped():
             await self._stream.send_message(req, end=end)
             resp = await self._stream.recv_message()

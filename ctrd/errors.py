@@ -24,6 +24,11 @@ class Unavailable(ContainerdError):
     """The daemon cannot be reached, or a resource (such as an ingest ref) is locked by another writer."""
 
 
+class StreamReset(Unavailable):
+    """containerd ended a stream with an error status that grpclib could not deliver (it reports
+    the reset that follows instead); for a Write, typically a locked ref or existing content."""
+
+
 class FailedPrecondition(ContainerdError):
     """For writes: size or digest mismatch, or a write at the wrong offset."""
 
@@ -53,7 +58,9 @@ def mapped() -> Iterator[None]:
         yield
     except GRPCError as err:
         raise from_grpc(err) from err
-    except (ConnectionError, FileNotFoundError, StreamTerminatedError) as err:
+    except StreamTerminatedError as err:
+        raise StreamReset(f"containerd ended the stream: {err}") from err
+    except (ConnectionError, FileNotFoundError) as err:
         raise Unavailable(f"containerd connection failed: {err}") from err
     except PermissionError as err:
         raise Unavailable(f"permission denied on the containerd socket: {err}") from err
