@@ -1,0 +1,78 @@
+"""A few calls of the local Docker Engine API (aiohttp over the unix socket; DOCKER_HOST honoured)."""
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from .errors import PusshError
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+API = "/v1.41"  # Docker 20.10+; newer daemons answer older API versions
+
+
+class DockerError(PusshError):
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DockerAPI:
+    def __init__(self, host: str | None = None) -> None:
+        self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+        if self.host.startswith("unix://"):
+            self._connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=self.host[len("unix://"):])
+            self._base = "http://docker"
+        elif self.host.startswith(("tcp://", "http://")):
+            self._connector = aiohttp.TCPConnector()
+            self._base = "http://" + self.host.split("://", 1)[1]
+        else:
+            raise PusshError(f"unsupported DOCKER_HOST {self.host!r}: use unix:///path or tcp://host:port")
+        self._session = aiohttp.ClientSession(
+            connector=self._connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _get_json(self, path: str) -> Any:
+        try:
+            async with self._session.get(self._base + API + path) as resp:
+                if resp.status != 200:
+                    raise DockerError(await self._message(resp), resp.status)
+                return await resp.json()
+        except aiohttp.ClientConnectorError as err:
+            raise DockerError(f"cannot reach the local Docker daemon at {self.host}: {err.os_error}") from err
+
+    @staticmethod
+    async def _message(resp: aiohttp.ClientResponse) -> str:
+        try:
+            return (await resp.json()).get("message") or resp.reason or str(resp.status)
+        except (ValueError, aiohttp.ContentTypeError):
+            return (await resp.text()).strip() or str(resp.status)
+
+    async def info(self) -> dict[str, Any]:
+        return await self._get_json("/info")
+
+    async def image_inspect(self, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._get_json(f"/images/{quote(name, safe='')}/json")
+        except DockerError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def export(self, name: str, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+        """`docker save` of one image as a stream of tar bytes (never held in memory)."""
+        async with self._session.get(self._base + API + f"/images/{quote(name, safe='')}/get") as resp:
+            if resp.status != 200:
+                raise DockerError(await self._message(resp), resp.status)
+            async for data in resp.content.iter_chunked(chunk):
+                yield data
+
+
+def uses_containerd_store(info: dict[str, Any]) -> bool:
+    return any(k == "driver-type" and v == "io.containerd.snapshotter.v1" for k, v in info.get("DriverStatus") or [])

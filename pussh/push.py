@@ -1,0 +1,178 @@
+"""One push, top to bottom: local image -> SSH -> server checks -> registry container -> tunnel ->
+HEAD every needed blob -> upload the missing ones -> manifests bottom-up -> tag -> cleanup."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+
+import aiohttp
+import asyncssh
+
+from oci import reference as R
+from oci.manifest import Platform
+
+from . import remote, ssh
+from .errors import PusshError
+from .plan import Plan, make_plan
+from .progress import UI, human_bytes
+from .source import ImageSource
+from .target import Target
+from .transfer import send_registry_image
+from .upload import Registry
+
+REGISTRY_NAMESPACE = "moby"  # Docker's containerd image store
+
+
+@dataclass
+class PushOptions:
+    registry_image: str
+    platforms: list[Platform] = field(default_factory=list)  # empty: the server's platform
+    jobs: int = 4
+    remote_docker: str | None = None
+    remote_containerd_socket: str | None = None
+    timeout: float = 30.0
+    ssh: ssh.SSHOptions = field(default_factory=ssh.SSHOptions)
+
+
+@dataclass
+class HostResult:
+    host: str
+    image: str
+    ok: bool = False
+    error: str | None = None
+    blobs_sent: int = 0
+    blobs_skipped: int = 0
+    bytes_sent: int = 0
+    bytes_skipped: int = 0
+    seconds: float = 0.0
+    platforms: list[str] = field(default_factory=list)
+    digest: str | None = None
+
+    def summary(self) -> str:
+        if not self.ok:
+            return f"{self.host}: FAILED: {self.error}"
+        rate = self.bytes_sent / self.seconds if self.seconds > 0 else 0
+        return (f"{self.host}: pushed {self.image} ({', '.join(self.platforms) or '?'}): "
+                f"{self.blobs_sent} blobs sent ({human_bytes(self.bytes_sent)}), "
+                f"{self.blobs_skipped} skipped ({human_bytes(self.bytes_skipped)}), "
+                f"{self.seconds:.1f}s, {human_bytes(rate)}/s")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+def repository_path(ref: R.Reference) -> str:
+    """The registry repository to push to: the registry names the containerd image like Docker does,
+    so docker.io/library/myapp is pushed as library/myapp and ghcr.io/x/y keeps its domain."""
+    return ref.path if ref.domain == R.DEFAULT_DOMAIN else f"{ref.domain}/{ref.path}"
+
+
+async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, ui: UI) -> HostResult:
+    result = HostResult(host=str(target), image=source.ref.familiar)
+    t0 = time.monotonic()
+    try:
+        await _connect_and_push(source, target, opts, ui, result)
+        result.ok = True
+    except PusshError as err:
+        result.error = str(err)
+    except (aiohttp.ClientError, asyncssh.Error, OSError, asyncio.TimeoutError) as err:
+        # The connection dropped mid-push; blobs already committed are skipped by the next run.
+        result.error = f"{target}: connection lost during the push ({err or type(err).__name__}); run it again to resume"
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, result: HostResult) -> None:
+    label = str(target)
+    conn = await asyncio.wait_for(ssh.connect(target, opts.ssh), opts.ssh.connect_timeout + 5)
+    try:
+        # 3. Server checks: docker (sudo -n if needed), containerd socket, image store, platform.
+        server = await remote.probe(conn, opts.remote_docker, opts.remote_containerd_socket)
+        ui.debug(f"{label}: docker {server.docker_version} ({' '.join(server.docker)}), containerd at "
+                 f"{server.containerd_socket}, {'containerd' if server.containerd_store else 'classic'} image store, "
+                 f"{server.platform}")
+        if not server.containerd_store:
+            raise PusshError(f"{label}: the server's Docker uses the classic image store; not supported yet")
+        plan = await make_plan(source, opts.platforms or [server.platform], explicit=bool(opts.platforms))
+        result.platforms = [str(p) for p in plan.platforms]
+        result.digest = plan.root.digest
+
+        # 4. The registry container on the server's loopback, with a per-push token.
+        await remote.remove_leftovers(conn, server)
+        if not await remote.has_image(conn, server, opts.registry_image):
+            await send_registry_image(conn, server, opts.registry_image, ui)
+        token = secrets.token_urlsafe(32)
+        container = await remote.start_registry(conn, server, opts.registry_image, token, REGISTRY_NAMESPACE,
+                                                timeout=opts.timeout)
+        try:
+            # 5. HTTP to the registry over SSH channels of this one connection.
+            async with conn.tunnel(container.port) as sock:
+                await _push_over_tunnel(source, plan, sock, container.port, token, opts, ui, result, label)
+        finally:
+            # 9. Whatever happened (Ctrl-C included), the registry container goes.
+            await _shielded(remote.stop_registry(conn, server, container))
+    finally:
+        await _shielded(conn.close())
+
+
+async def _push_over_tunnel(source: ImageSource, plan: Plan, sock: str, port: int, token: str, opts: PushOptions,
+                            ui: UI, result: HostResult, label: str) -> None:
+    connector = aiohttp.UnixConnector(path=sock, limit=max(opts.jobs * 2, 8))
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.timeout, sock_read=max(opts.timeout, 120))
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        reg = Registry(session, f"http://127.0.0.1:{port}", repository_path(source.ref), token, label)
+        await reg.ping()
+        # 6. Diff: HEAD every blob the chosen platforms need, concurrently.
+        present = await asyncio.gather(*(reg.has_blob(b.digest) for b in plan.blobs))
+        missing = [b for b, here in zip(plan.blobs, present) if not here]
+        for b, here in zip(plan.blobs, present):
+            if here:
+                result.blobs_skipped += 1
+                result.bytes_skipped += b.size
+        ui.debug(f"{label}: {len(missing)} of {len(plan.blobs)} blobs to send ({human_bytes(sum(b.size for b in missing))})")
+
+        # 7. Upload the missing blobs, several in flight; each verified by digest on arrival.
+        sem = asyncio.Semaphore(max(opts.jobs, 1))
+
+        async def send(b) -> None:
+            async with sem:
+                bar = ui.bar(f"{label} {b.digest[7:19]}", b.size)
+                await reg.upload_blob(b.digest, b.size, source.opener(b.digest), bar.advance)
+                bar.finish()
+                result.blobs_sent += 1
+                result.bytes_sent += b.size
+
+        await _all_or_nothing([send(b) for b in sorted(missing, key=lambda b: -b.size)])
+        # Manifests bottom-up by digest; the tag last, so an interrupted push never leaves it half-made.
+        for desc, body in plan.manifests[:-1]:
+            await reg.put_manifest(desc.digest, desc.media_type, body)
+        root, body = plan.manifests[-1]
+        await reg.put_manifest(source.ref.tag or root.digest, root.media_type, body)
+
+
+async def _all_or_nothing(coros: list) -> None:
+    """Run concurrently; on the first failure cancel the rest and raise that failure."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _shielded(coro) -> None:
+    """Run cleanup to its end even when the push is being cancelled (Ctrl-C, SIGTERM)."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+    except Exception:
+        pass

@@ -1,0 +1,204 @@
+"""The server side of a push: find docker and the containerd socket, learn the image store and
+platform, and run the pussh registry as a short-lived container bound to the server's loopback."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import time
+from dataclasses import dataclass
+
+import asyncssh
+
+from oci.manifest import Platform, normalize_arch
+
+from .errors import PusshError
+from .ssh import Connection
+
+REGISTRY_LABEL = "pussh.registry"
+CREATED_LABEL = "pussh.registry.created"
+LEFTOVER_AGE = 2 * 3600  # a registry container older than this belongs to a crashed run
+CONTAINER_SOCKET = "/run/containerd/containerd.sock"
+READY_RE = re.compile(r"pussh-registry listening on http://([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
+
+# Tried in order when --remote-containerd-socket is not given.
+CONTAINERD_SOCKETS = (
+    "/run/containerd/containerd.sock",
+    "/var/run/containerd/containerd.sock",
+    "/run/docker/containerd/containerd.sock",  # dockerd's own managed containerd
+    "/var/run/docker/containerd/containerd.sock",
+    "/run/snap.docker/containerd/containerd.sock",
+)
+DOCKER_PATHS = ("docker", "/usr/bin/docker", "/usr/local/bin/docker", "/snap/bin/docker", "/opt/bin/docker")
+
+# One round trip: print the docker binary found, then each containerd socket that exists.
+_PROBE = """
+for d in $1; do if command -v "$d" >/dev/null 2>&1; then echo "docker=$(command -v "$d")"; break; fi; done
+shift
+for s in "$@"; do if [ -S "$s" ]; then echo "socket=$s"; fi; done
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class Server:
+    docker: tuple[str, ...]  # argv prefix, e.g. ("docker",) or ("sudo", "-n", "/usr/bin/docker")
+    containerd_socket: str
+    containerd_store: bool  # Docker keeps images in containerd (driver-type io.containerd.snapshotter.v1)
+    platform: Platform
+    docker_version: str
+
+    @property
+    def supports_zstd(self) -> bool:
+        try:
+            return int(self.docker_version.split(".", 1)[0]) >= 23
+        except ValueError:
+            return False
+
+
+async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | None = None) -> Server:
+    """Server checks: docker (with `sudo -n` when needed), the containerd socket, store and platform."""
+    label = conn.label
+    candidates = [socket] if socket else list(CONTAINERD_SOCKETS)
+    res = await conn.run(["sh", "-c", _PROBE, "sh", " ".join(DOCKER_PATHS), *candidates])
+    found = dict(l.split("=", 1) for l in res.stdout.splitlines() if "=" in l)
+    sockets = [l.split("=", 1)[1] for l in res.stdout.splitlines() if l.startswith("socket=")]
+    if docker_cmd:
+        docker = tuple(shlex.split(docker_cmd))
+    elif "docker" in found:
+        docker = (found["docker"],)
+    else:
+        raise PusshError(f"{label}: docker not found on the server (looked for {', '.join(DOCKER_PATHS)}); "
+                         "install Docker or pass --remote-docker PATH")
+    info, docker = await _docker_info(conn, docker, explicit=bool(docker_cmd))
+    if socket and not sockets:
+        raise PusshError(f"{label}: no containerd socket at {socket} on the server")
+    if not sockets:
+        raise PusshError(f"{label}: no containerd socket found on the server (looked in {', '.join(CONTAINERD_SOCKETS)}); "
+                         "pass --remote-containerd-socket PATH")
+    status = dict((k, v) for k, v in (info.get("DriverStatus") or []) if isinstance(k, str))
+    store = status.get("driver-type") == "io.containerd.snapshotter.v1"
+    plat = Platform(str(info.get("OSType") or "linux"), normalize_arch(str(info.get("Architecture") or "").lower()))
+    return Server(docker, sockets[0], store, plat, str(info.get("ServerVersion") or ""))
+
+
+async def _docker_info(conn: Connection, docker: tuple[str, ...], explicit: bool) -> tuple[dict, tuple[str, ...]]:
+    label = conn.label
+    res = await conn.run([*docker, "info", "--format", "{{json .}}"])
+    info = _parse_info(res.stdout)
+    problem = _info_problem(res, info)
+    if problem and "permission denied" in problem.lower() and not explicit and docker[0] != "sudo":
+        sudo = ("sudo", "-n", *docker)
+        res2 = await conn.run([*sudo, "info", "--format", "{{json .}}"])
+        info2 = _parse_info(res2.stdout)
+        if not _info_problem(res2, info2):
+            return info2, sudo
+        raise PusshError(f"{label}: permission denied on the Docker socket and no passwordless sudo "
+                         f"({res2.error_line()}); add the user to the docker group or allow `sudo -n docker`")
+    if problem:
+        if "command not found" in problem or res.exit_status == 127:
+            raise PusshError(f"{label}: docker not found on the server ({shlex.join(docker)}): {problem}")
+        if "password is required" in problem or "a terminal is required" in problem:
+            raise PusshError(f"{label}: {shlex.join(docker)} needs a password; allow passwordless sudo for docker")
+        raise PusshError(f"{label}: docker on the server does not answer: {problem}")
+    return info, docker
+
+
+def _parse_info(stdout: str) -> dict:
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                pass
+    return {}
+
+
+def _info_problem(res, info: dict) -> str:
+    errs = info.get("ServerErrors") or []
+    if errs:
+        return str(errs[0])
+    if not res.ok or not info.get("ServerVersion"):
+        return res.error_line()
+    return ""
+
+
+# -- the registry container --------------------------------------------------------------------
+
+@dataclass
+class RegistryContainer:
+    id: str
+    port: int
+
+
+async def remove_leftovers(conn: Connection, server: Server) -> None:
+    """Remove registry containers of crashed runs: stopped ones, and running ones older than LEFTOVER_AGE."""
+    res = await conn.run([*server.docker, "ps", "-a", "--filter", f"label={REGISTRY_LABEL}=1", "--format",
+                          "{{.ID}} {{.State}} {{.Label \"" + CREATED_LABEL + "\"}}"])
+    now = time.time()
+    stale = []
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        created = float(parts[2]) if len(parts) > 2 and parts[2].replace(".", "", 1).isdigit() else 0.0
+        if parts[1] != "running" or now - created > LEFTOVER_AGE:
+            stale.append(parts[0])
+    if stale:
+        await conn.run([*server.docker, "rm", "-f", *stale])
+
+
+async def has_image(conn: Connection, server: Server, image: str) -> bool:
+    res = await conn.run([*server.docker, "image", "inspect", "--format", "{{.Id}}", image])
+    return res.ok
+
+
+async def start_registry(conn: Connection, server: Server, image: str, token: str, namespace: str,
+                         timeout: float = 30.0) -> RegistryContainer:
+    """Run the registry on the server's 127.0.0.1 (free port), token passed on stdin (never argv),
+    containerd socket mounted; wait for its "listening" line and return the port."""
+    argv = [*server.docker, "run", "-d", "--pull", "never", "--network", "host",
+            "--label", f"{REGISTRY_LABEL}=1", "--label", f"{CREATED_LABEL}={int(time.time())}",
+            "--env-file", "/dev/stdin", "-v", f"{server.containerd_socket}:{CONTAINER_SOCKET}",
+            image, "--listen", "127.0.0.1:0", "--namespace", namespace]
+    res = await conn.run(argv, input=f"PUSSH_REGISTRY_TOKEN={token}\n")
+    if not res.ok:
+        msg = res.error_line()
+        if "No such image" in msg or "not found" in msg.lower() and image in msg:
+            raise PusshError(f"{conn.label}: the registry image {image} is not on the server")
+        raise PusshError(f"{conn.label}: cannot start the registry container: {msg}")
+    cid = res.stdout.strip().splitlines()[-1]
+    container = RegistryContainer(cid, 0)
+    try:
+        container.port = await _wait_ready(conn, server, cid, timeout)
+    except BaseException:
+        await stop_registry(conn, server, container)
+        raise
+    return container
+
+
+async def _wait_ready(conn: Connection, server: Server, cid: str, timeout: float) -> int:
+    """Follow the container's log until the registry says where it listens (or the container dies)."""
+    cmd = shlex.join([*server.docker, "logs", "-f", cid])
+    proc = await conn.conn.create_process(cmd, stderr=asyncssh.STDOUT)
+    seen: list[str] = []
+    try:
+        async def read() -> int:
+            async for line in proc.stdout:
+                seen.append(line.rstrip())
+                m = READY_RE.search(line)
+                if m:
+                    return int(m.group(2))
+            raise PusshError(f"{conn.label}: the registry container exited: {' | '.join(seen[-3:]) or 'no output'}")
+        return await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise PusshError(f"{conn.label}: the registry did not start within {timeout:.0f}s: "
+                         f"{' | '.join(seen[-3:]) or 'no output'}") from None
+    finally:
+        proc.close()
+
+
+async def stop_registry(conn: Connection, server: Server, container: RegistryContainer) -> None:
+    await conn.run([*server.docker, "rm", "-f", container.id], timeout=30)
