@@ -69,8 +69,8 @@ class UI:
     def line(self, text: str) -> None:
         """A progress line (per finished blob, per step): hidden with --quiet."""
         if not self.quiet:
-            self.console.print(text, markup=False)
+            self.console.print(text, markup=False, soft_wrap=True)
 
     def debug(self, text: str) -> None:
         if self.verbose:
-            self.console.print(text, markup=False, style="dim")
+            self.console.print(text, markup=False, style="dim", soft_wrap=True)
