@@ -58,6 +58,22 @@ class Leases:
                 leases_pb2.AddResourceRequest(id=lease_id, resource=res), metadata=self._client.metadata()
             )
 
+    async def delete_resource(self, lease_id: str, resource_id: str, resource_type: str = "content") -> None:
+        """Take a resource out of the lease (it then lives only as long as something else holds it)."""
+        res = leases_pb2.Resource(id=resource_id, type=resource_type)
+        with errors.mapped():
+            await self._stub.DeleteResource(
+                leases_pb2.DeleteResourceRequest(id=lease_id, resource=res), metadata=self._client.metadata()
+            )
+
+    async def list_resources(self, lease_id: str) -> list[tuple[str, str]]:
+        """(type, id) of every resource the lease holds."""
+        with errors.mapped():
+            resp = await self._stub.ListResources(
+                leases_pb2.ListResourcesRequest(id=lease_id), metadata=self._client.metadata()
+            )
+        return [(r.type, r.id) for r in resp.resources]
+
     async def collect_garbage(self) -> None:
         """Run containerd's GC now: deleting a throwaway lease with sync=True does exactly that."""
         lease_id = await self.create(f"pussh-gc-{secrets.token_hex(4)}")

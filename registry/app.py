@@ -1,0 +1,168 @@
+"""The aiohttp application: routes (distribution's URL layout), the auth and error middlewares,
+and the storage's life cycle."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from aiohttp import web
+
+from ctrd import DEFAULT_NAMESPACE, DEFAULT_SOCKET, Containerd
+from ctrd import errors as CE
+from oci import reference as R
+
+from . import blobs, catalog, manifests, referrers, tags, uploads
+from . import errors as E
+from .http import API_VERSION_HEADER
+from .storage import Storage
+
+log = logging.getLogger("pussh.registry")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STORAGE = web.AppKey("storage", Storage)
+REALM = "pussh-registry"
+
+
+@dataclass(frozen=True)
+class Config:
+    containerd_socket: str = DEFAULT_SOCKET
+    namespace: str = DEFAULT_NAMESPACE
+    token: str | None = None
+    upload_expiry: timedelta = timedelta(hours=1)
+
+
+CONFIG = web.AppKey("config", Config)
+
+
+# Distribution's routes. A repository name may contain slashes, so each pattern takes the longest
+# name that leaves a valid suffix; names are validated afterwards (NAME_INVALID, not a 404).
+_NAME = r"(?P<name>[^?#]+?)"
+ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
+    (re.compile(r"^/v2/?$"), {}),  # filled below: the base endpoint has no name
+    (re.compile(r"^/v2/_catalog$"), {"GET": catalog.catalog}),
+    (re.compile(rf"^/v2/{_NAME}/blobs/uploads/?$"), {"POST": uploads.start}),
+    (re.compile(rf"^/v2/{_NAME}/blobs/uploads/(?P<uuid>[^/]+)$"),
+     {"GET": uploads.status, "PATCH": uploads.patch, "PUT": uploads.finish, "DELETE": uploads.cancel}),
+    (re.compile(rf"^/v2/{_NAME}/blobs/(?P<digest>[^/]+)$"),
+     {"GET": blobs.get, "HEAD": blobs.head, "DELETE": blobs.delete}),
+    (re.compile(rf"^/v2/{_NAME}/manifests/(?P<reference>[^/]+)$"),
+     {"GET": manifests.get, "HEAD": manifests.head, "PUT": manifests.put, "DELETE": manifests.delete}),
+    (re.compile(rf"^/v2/{_NAME}/tags/list$"), {"GET": tags.list_tags}),
+    (re.compile(rf"^/v2/{_NAME}/referrers/(?P<digest>[^/]+)$"), {"GET": referrers.list_referrers}),
+]
+
+
+async def base(request: web.Request) -> web.StreamResponse:
+    return web.json_response({})
+
+
+ROUTES[0] = (ROUTES[0][0], {"GET": base, "HEAD": base})
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    path = request.path
+    for pattern, handlers in ROUTES:
+        m = pattern.match(path)
+        if not m:
+            continue
+        params = m.groupdict()
+        name = params.get("name")
+        if name is not None:
+            _check_name(name)
+        handler = handlers.get(request.method)
+        if handler is None:
+            err = E.method_not_allowed(request.method)
+            err.headers["Allow"] = ", ".join(sorted(handlers))
+            raise err
+        request["route"] = params
+        return await handler(request)
+    raise E.RegistryError("NOT_FOUND", 404, f"no such endpoint: {request.method} {path}")
+
+
+def _check_name(name: str) -> None:
+    if not R.is_valid_repository(name):
+        raise E.name_invalid(detail={"name": name})
+    try:
+        R.split_domain(name)
+    except R.InvalidReference:
+        raise E.name_invalid(detail={"name": name}) from None
+
+
+def _authorized(header: str, token: str) -> bool:
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return hmac.compare_digest(value.encode(), token.encode())
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        _, sep, password = decoded.partition(":")
+        # Any user name: `docker login -u whatever -p TOKEN` on the server works.
+        return bool(sep) and hmac.compare_digest(password.encode(), token.encode())
+    return False
+
+
+def _error_response(request: web.Request, err: E.RegistryError) -> web.Response:
+    headers = {**API_VERSION_HEADER, **err.headers}
+    if request.method == "HEAD":
+        return web.Response(status=err.status, headers=headers)
+    return web.json_response(err.body(), status=err.status, headers=headers)
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Auth first (every request, /v2/ included), then the handler; spec errors become the
+    spec's JSON; containerd being unreachable is a 503; only a bug is a 500."""
+    token = request.app[CONFIG].token
+    try:
+        if token is not None and not _authorized(request.headers.get("Authorization", ""), token):
+            raise E.unauthorized(headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
+        resp = await handler(request)
+    except E.RegistryError as err:
+        if err.status >= 500:
+            log.warning("%s %s: %s", request.method, request.path, err)
+        return _error_response(request, err)
+    except (CE.Unavailable, CE.StreamReset) as err:
+        log.warning("%s %s: containerd unavailable: %s", request.method, request.path, err)
+        return _error_response(request, E.unavailable(f"containerd is unavailable: {err}"))
+    except (ConnectionResetError, web.HTTPException):
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error_response(request, E.RegistryError("UNKNOWN", 500, "internal error"))
+    if not resp.prepared:
+        resp.headers.update(API_VERSION_HEADER)
+    return resp
+
+
+async def _headers_on_stream(request: web.Request, resp: web.StreamResponse) -> None:
+    resp.headers.update(API_VERSION_HEADER)
+
+
+def make_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[middleware], client_max_size=1 << 20)
+    app[CONFIG] = config
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.on_response_prepare.append(_headers_on_stream)
+
+    async def storage_ctx(app: web.Application):
+        ctr = Containerd(config.containerd_socket, namespace=config.namespace)
+        storage = Storage(ctr, upload_expiry=config.upload_expiry)
+        await storage.start()
+        app[STORAGE] = storage
+        log.info("storage: containerd %s, namespace %s, content root %s", config.containerd_socket,
+                 config.namespace, await ctr.content_root() or "(gRPC reads)")
+        yield
+        await storage.close()
+        ctr.close()
+
+    app.cleanup_ctx.append(storage_ctx)
+    return app

@@ -1,0 +1,89 @@
+"""Small HTTP helpers shared by the handler modules: the route's parameters, body batching,
+query parsing, common reply headers."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from oci import digest as D
+
+from . import errors as E
+
+API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+# Body bytes gathered into one containerd WRITE message: 8 MiB was the fastest message size for
+# gRPC writes, and containerd accepts up to 16 MiB.
+BATCH = 8 << 20
+
+
+def param(request: web.Request, key: str) -> str:
+    return request["route"][key]
+
+
+def storage(request: web.Request):
+    from .app import STORAGE  # the app module wires storage; handlers only look it up
+
+    return request.app[STORAGE]
+
+
+async def batched(stream: Any, size: int = BATCH) -> AsyncIterator[bytes]:
+    """Re-chunk a request body (a StreamReader) into messages of about `size` bytes, holding at
+    most one batch: never the whole blob."""
+    parts: list[bytes] = []
+    have = 0
+    async for data in stream.iter_any():
+        parts.append(data)
+        have += len(data)
+        if have >= size:
+            yield b"".join(parts)
+            parts, have = [], 0
+    if have:
+        yield b"".join(parts)
+
+
+def blob_digest(value: str | None, *, what: str = "digest") -> str:
+    """A digest from the URL or query: DIGEST_INVALID when malformed, UNSUPPORTED for an
+    algorithm containerd cannot verify (its content store hashes with sha256 only)."""
+    if not value:
+        raise E.digest_invalid(f"missing {what}")
+    try:
+        D.validate(value)
+    except D.InvalidDigest as err:
+        raise E.digest_invalid(str(err), detail={"digest": value}) from None
+    if not value.startswith("sha256:"):
+        raise E.unsupported("only sha256 digests are supported", detail={"digest": value})
+    return value
+
+
+def page_size(request: web.Request) -> int | None:
+    n = request.query.get("n")
+    if n is None or n == "":
+        return None
+    try:
+        value = int(n)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise E.RegistryError("PAGINATION_NUMBER_INVALID", 400, f"invalid number of results requested: {n!r}")
+    return value
+
+
+def paginate(items: list[str], request: web.Request, path: str, key: str) -> web.Response:
+    """The spec's `n`/`last` pagination over a sorted list, with a `Link` to the next page."""
+    last = request.query.get("last")
+    if last:
+        items = [i for i in items if i > last]
+    n = page_size(request)
+    headers = {}
+    if n is not None:
+        more = len(items) > n
+        items = items[:n]
+        if more and items:
+            headers["Link"] = f'<{path}?n={n}&last={items[-1]}>; rel="next"'
+    return web.json_response({**({"name": request["route"]["name"]} if key == "tags" else {}), key: items},
+                             headers=headers)
+
+
+def empty(status: int, headers: dict[str, str]) -> web.Response:
+    return web.Response(status=status, headers={**headers, "Content-Length": "0"})

@@ -1,0 +1,212 @@
+"""One containerd Write stream ("ingest"), held open across the HTTP requests of an upload.
+
+Why not `ctrd`'s `Writer` as is: an upload is several requests (POST, PATCH..., PUT), and
+- reopening the ingest for every request makes containerd's local store re-read and re-hash
+  everything written so far (a 1 GB layer PATCHed and then PUT would be hashed twice), and a
+  stream that was reset rather than ended releases its lock asynchronously, so the next request
+  could find the ref still "locked";
+- the hot path wants WRITE messages pipelined (containerd acknowledges each one; waiting for every
+  answer before the next send leaves it idle while Python frames the next message), with an
+  explicit flush so that the offset we report in `Range` is one containerd has confirmed.
+So the registry keeps this small stream object per upload and ends it gracefully (a STAT with
+END_STREAM, which makes containerd close the writer and release the lock before it answers).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Mapping
+
+from proto import content_pb2
+from proto.content_grpc import ContentStub
+
+from ctrd import Containerd, errors
+
+# Messages in flight on one stream: enough to keep containerd busy while the next one is framed;
+# each costs up to one batch of memory.
+WINDOW = 2
+
+
+class Ingest:
+    def __init__(self, ctr: Containerd, ref: str, lease: str | None) -> None:
+        self._ctr = ctr
+        self.ref = ref
+        self._lease = lease
+        self._cm = None
+        self._stream = None
+        self._pending: collections.deque[asyncio.Future[content_pb2.WriteContentResponse]] = collections.deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._ended = False
+        self.offset = 0
+        self.closed = False
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    async def open(self, *, expected: str = "", lock_timeout: float = 30.0) -> int:
+        """Open (or join) the ingest and return its offset. While another stream holds the ref
+        (a request of the same upload still finishing), wait for it instead of failing. Raises
+        AlreadyExists when `expected` is given and already committed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + lock_timeout
+        delay = 0.02
+        while True:
+            try:
+                return await self._open_once(expected)
+            except errors.AlreadyExists:
+                await self.abandon()
+                raise
+            except errors.Unavailable as err:
+                await self.abandon()
+                if expected and await self._ctr.content.exists(expected):
+                    raise errors.AlreadyExists(f"content {expected} already exists") from None
+                # A lost status (StreamReset) on STAT is how grpclib reports "locked" most often.
+                if not ("locked" in str(err) or isinstance(err, errors.StreamReset)) or loop.time() > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _open_once(self, expected: str) -> int:
+        self.closed, self._ended, self._failure = False, False, None
+        stub = ContentStub(self._ctr.channel)
+        self._cm = stub.Write.open(metadata=self._ctr.metadata(lease=self._lease))
+        with errors.mapped():
+            self._stream = await self._cm.__aenter__()
+            await self._stream.send_message(
+                content_pb2.WriteContentRequest(action=content_pb2.STAT, ref=self.ref, expected=expected)
+            )
+            resp = await self._stream.recv_message()
+        if resp is None:
+            raise errors.StreamReset(f"containerd closed the write stream for {self.ref}")
+        self.offset = resp.offset
+        self._reader = asyncio.get_running_loop().create_task(self._read_replies())
+        return self.offset
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    async def write(self, data: bytes) -> None:
+        """Send one WRITE at the current offset without waiting for its answer (up to WINDOW)."""
+        self._check()
+        while len(self._pending) >= WINDOW:
+            await asyncio.shield(self._pending[0])
+            self._check()
+        await self._send(content_pb2.WriteContentRequest(
+            action=content_pb2.WRITE, ref=self.ref, offset=self.offset, data=data))
+        self.offset += len(data)
+
+    async def flush(self) -> int:
+        """Wait until containerd has answered every WRITE; returns the confirmed offset."""
+        while self._pending:
+            await asyncio.shield(self._pending[-1])
+        self._check()
+        return self.offset
+
+    async def commit(self, expected: str, labels: Mapping[str, str] | None = None) -> None:
+        """Commit what was written as `expected` (containerd verifies the digest). The COMMIT
+        carries END_STREAM: grpclib delivers the reply to a successful commit only then."""
+        await self.flush()
+        fut = await self._send(content_pb2.WriteContentRequest(
+            action=content_pb2.COMMIT, ref=self.ref, offset=self.offset, expected=expected,
+            labels=dict(labels or {})), end=True)
+        try:
+            await asyncio.shield(fut)
+        finally:
+            await self._finish()
+
+    async def close(self) -> None:
+        """End the stream without committing; the ingest keeps its data for the next request."""
+        if self.closed:
+            return
+        try:
+            if self._failure is None and self._stream is not None and not self._ended:
+                await self.flush()
+                fut = await self._send(content_pb2.WriteContentRequest(action=content_pb2.STAT, ref=self.ref), end=True)
+                await asyncio.shield(fut)
+        except (errors.ContainerdError, asyncio.CancelledError):
+            await self.abandon()
+            raise
+        await self._finish()
+
+    async def abandon(self) -> None:
+        """Reset the stream (after a failure): containerd releases the lock on its own time."""
+        self.closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        for fut in self._pending:
+            if not fut.done():
+                fut.cancel()
+        self._pending.clear()
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                await self._stream.cancel()
+        if self._cm is not None:
+            with contextlib.suppress(BaseException):
+                await self._cm.__aexit__(None, None, None)
+        self._cm = self._stream = None
+
+    async def _finish(self) -> None:
+        self.closed = True
+        if self._reader is not None:
+            with contextlib.suppress(BaseException):
+                await self._reader
+        if self._cm is not None:
+            try:
+                with errors.mapped():
+                    await self._cm.__aexit__(None, None, None)
+            except errors.ContainerdError:
+                pass  # the replies we needed have arrived; a lost trailer changes nothing
+        self._cm = self._stream = None
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    async def _send(self, req: content_pb2.WriteContentRequest, end: bool = False):
+        assert self._stream is not None
+        fut: asyncio.Future[content_pb2.WriteContentResponse] = asyncio.get_running_loop().create_future()
+        self._pending.append(fut)
+        self._ended = self._ended or end
+        try:
+            with errors.mapped():
+                await self._stream.send_message(req, end=end)
+        except BaseException as err:
+            self._fail(err)
+            raise
+        return fut
+
+    async def _read_replies(self) -> None:
+        """Match containerd's replies, in order, to the messages sent."""
+        assert self._stream is not None
+        try:
+            while True:
+                with errors.mapped():
+                    resp = await self._stream.recv_message()
+                if resp is None:
+                    if self._pending:
+                        raise errors.StreamReset(f"containerd closed the write stream for {self.ref}")
+                    return
+                if not self._pending:
+                    raise errors.ContainerdError("containerd answered a message we did not send")
+                fut = self._pending.popleft()
+                if not fut.done():
+                    fut.set_result(resp)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:
+            self._fail(err)
+
+    def _fail(self, err: BaseException) -> None:
+        if self._failure is None:
+            self._failure = err
+        while self._pending:
+            fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_exception(err)
+                fut.exception()  # mark retrieved: the caller sees it through _check()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self.closed:
+            raise errors.Unavailable(f"write stream for {self.ref} is closed")

@@ -1,0 +1,562 @@
+"""The storage beneath the handlers: blobs, uploads, manifests and tags, all kept in one containerd
+namespace (Docker's `moby` by default), so a pushed image is at once an image of this host.
+
+Layout in containerd:
+- every blob and manifest is content, shared by all repositories of the namespace;
+- an upload is an ingest `pussh-upload-<id>` written under a lease of the same name that expires
+  after `upload_expiry`: an abandoned upload (and a blob no manifest came to claim) is collected;
+- a tag is an image record named as Docker names it (`myapp` + `1` -> `docker.io/library/myapp:1`);
+  manifests and indexes carry containerd's GC reference labels, so the record keeps the image;
+- a manifest pushed by digest only (an index's child, a referrer) is kept by the persistent lease
+  `pussh-registry-untagged` until it is deleted, or, for an index's child, until an index that
+  points at it is pushed (from then on the index keeps it alive, and `docker rmi` frees it);
+- labels `pussh.registry.*` on manifests record what the content store cannot: the media type
+  (for GET by digest), the subject and artifact type (for the referrers API).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from ctrd import Containerd, Descriptor, errors
+from ctrd.labels import DISTRIBUTION_SOURCE, UNCOMPRESSED, gc_refs
+from oci import digest as D
+from oci import manifest as M
+from oci import mediatypes as MT
+from oci import reference as R
+
+from . import errors as E
+from .ingest import Ingest
+
+log = logging.getLogger("pussh.registry.storage")
+
+MANIFEST_LIMIT = 4 << 20
+LABEL_MEDIA_TYPE = "pussh.registry.mediatype"
+LABEL_SUBJECT = "pussh.registry.subject"
+LABEL_ARTIFACT_TYPE = "pussh.registry.artifacttype"
+UNTAGGED_LEASE = "pussh-registry-untagged"
+UPLOAD_PREFIX = "pussh-upload-"
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+CONFIG_TYPES = frozenset({MT.OCI_CONFIG, MT.DOCKER_CONFIG})
+# Layers a registry is not expected to hold (Windows foreign layers): not required to exist.
+NONDISTRIBUTABLE = ("application/vnd.docker.image.rootfs.foreign.", "application/vnd.oci.image.layer.nondistributable.")
+SESSION_IDLE = 30.0  # seconds an upload's open write stream may sit unused before it is ended
+
+
+@dataclass
+class Session:
+    """An upload's open write stream; requests of one upload take its lock in turn."""
+
+    upload_id: str
+    ingest: Ingest | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    size: int
+    body: bytes | None = None
+
+
+def image_name(repo: str, tag: str) -> str:
+    domain, path = R.split_domain(repo)
+    return f"{domain}/{path}:{tag}"
+
+
+def repository_of(name: str) -> tuple[str, str] | None:
+    """(repository as a registry client addresses it, tag) for an image record name, or None
+    for a record no client could address (digest-only names, hosts with ports)."""
+    base, _, tag = name.rpartition(":")
+    if not base or "/" in tag or "@" in name or not R.TAG_RE.match(tag):
+        return None
+    domain, _, path = base.partition("/")
+    if domain == R.DEFAULT_DOMAIN:
+        repo = path.removeprefix(R.OFFICIAL_PREFIX)
+    else:
+        repo = base
+    return (repo, tag) if R.is_valid_repository(repo) else None
+
+
+def sniff_media_type(body: bytes) -> str:
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(raw, dict):
+        return ""
+    mt = raw.get("mediaType")
+    if isinstance(mt, str) and mt:
+        return mt
+    return MT.OCI_INDEX if "manifests" in raw else MT.OCI_MANIFEST
+
+
+class Storage:
+    def __init__(self, ctr: Containerd, *, upload_expiry: timedelta = timedelta(hours=1),
+                 lock_timeout: float = 60.0) -> None:
+        self.ctr = ctr
+        self.upload_expiry = upload_expiry
+        self.lock_timeout = lock_timeout
+        self._sessions: dict[str, Session] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.ctr.ensure_namespace()
+        try:
+            await self.ctr.leases.create(UNTAGGED_LEASE, labels={"pussh.registry": "untagged manifests"})
+        except errors.AlreadyExists:
+            pass
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def close(self) -> None:
+        """End every open write stream gracefully: the ingests keep their data until they expire."""
+        if self._sweeper:
+            self._sweeper.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sweeper
+        for s in list(self._sessions.values()):
+            async with s.lock:
+                await self._end_stream(s)
+        self._sessions.clear()
+
+    # -- blobs ---------------------------------------------------------------------------------
+
+    async def stat_blob(self, digest: str) -> int | None:
+        info = await self.ctr.content.exists(digest)
+        return None if info is None else info.size
+
+    def read_blob(self, digest: str, offset: int = 0, size: int = 0) -> AsyncIterator[bytes]:
+        return self.ctr.content.read(digest, offset=offset, size=size)
+
+    async def delete_blob(self, digest: str) -> None:
+        try:
+            await self.ctr.content.delete(digest)
+        except errors.NotFound:
+            raise E.blob_unknown(detail={"digest": digest}) from None
+
+    async def mount(self, digest: str) -> int | None:
+        """Blobs are shared by the namespace, so a mount is a lookup; the blob is leased for the
+        upload expiry so it survives until the manifest that needs it arrives."""
+        lease = await self._hold_lease()
+        await self.ctr.leases.add_resource(lease, digest)
+        return await self.stat_blob(digest)
+
+    async def _hold_lease(self) -> str:
+        """A lease per expiry period shared by all mounts of the period (rather than one each)."""
+        period = max(60, int(self.upload_expiry.total_seconds()))
+        bucket = int(time.time()) // period
+        lease_id = f"pussh-hold-{bucket}"
+        with contextlib.suppress(errors.AlreadyExists):
+            await self.ctr.leases.create(lease_id, expire=timedelta(seconds=2 * period))
+        return lease_id
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _ref(upload_id: str) -> str:
+        return UPLOAD_PREFIX + upload_id
+
+    async def start_upload(self, repo: str) -> str:
+        upload_id = secrets.token_hex(16)
+        ref = self._ref(upload_id)
+        await self.ctr.leases.create(ref, expire=self.upload_expiry, labels={"pussh.registry.repository": repo})
+        session = Session(upload_id)
+        async with session.lock:
+            self._sessions[upload_id] = session
+            try:
+                # Opening the stream creates the ingest, so the upload is known from now on.
+                session.ingest = Ingest(self.ctr, ref, ref)
+                await session.ingest.open(lock_timeout=self.lock_timeout)
+            except BaseException:
+                self._sessions.pop(upload_id, None)
+                with contextlib.suppress(errors.ContainerdError):
+                    await self.ctr.leases.delete(ref)
+                raise
+        return upload_id
+
+    async def upload_offset(self, upload_id: str) -> int:
+        if not _UPLOAD_ID.match(upload_id):
+            raise E.blob_upload_unknown(detail={"uuid": upload_id})
+        s = self._sessions.get(upload_id)
+        if s is not None and s.ingest is not None and not s.ingest.closed:
+            return s.ingest.offset
+        try:
+            return (await self.ctr.content.status(self._ref(upload_id))).offset
+        except errors.NotFound:
+            raise E.blob_upload_unknown(detail={"uuid": upload_id}) from None
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, upload_id: str) -> AsyncIterator[Ingest]:
+        """The upload's write stream, opened (or reopened after a restart or idle close) as needed;
+        requests of one upload run one at a time."""
+        if not _UPLOAD_ID.match(upload_id):
+            raise E.blob_upload_unknown(detail={"uuid": upload_id})
+        s = self._sessions.get(upload_id)
+        if s is None:
+            s = self._sessions.setdefault(upload_id, Session(upload_id))
+        async with s.lock:
+            if self._sessions.get(upload_id) is not s:  # finished while we waited
+                raise E.blob_upload_unknown(detail={"uuid": upload_id})
+            s.last_used = time.monotonic()
+            if s.ingest is None or s.ingest.closed:
+                ref = self._ref(upload_id)
+                try:
+                    await self.ctr.content.status(ref)
+                except errors.NotFound:
+                    self._sessions.pop(upload_id, None)
+                    raise E.blob_upload_unknown(detail={"uuid": upload_id}) from None
+                s.ingest = Ingest(self.ctr, ref, ref)
+                await s.ingest.open(lock_timeout=self.lock_timeout)
+            try:
+                yield s.ingest
+            except E.RegistryError:
+                raise
+            except BaseException:
+                # A client gone mid-body or a failed write: drop the stream; containerd keeps what
+                # it acknowledged, and the next request reopens the ingest at that offset.
+                await s.ingest.abandon()
+                raise
+            finally:
+                s.last_used = time.monotonic()
+
+    async def append(self, upload_id: str, chunks: AsyncIterator[bytes], start: int | None = None,
+                     length: int | None = None) -> int:
+        """Append a PATCH body; with `start` (from Content-Range) it must continue at the offset."""
+        async with self._stream(upload_id) as ingest:
+            if start is not None and start != ingest.offset:
+                raise E.range_invalid(f"chunk starts at {start}, upload is at {ingest.offset}",
+                                      upload_range=_range_header(ingest.offset))
+            before = ingest.offset
+            async for chunk in chunks:
+                await ingest.write(chunk)
+            offset = await ingest.flush()
+        if length is not None and offset - before != length:
+            raise E.size_invalid(f"chunk carried {offset - before} bytes, its range says {length}",
+                                 headers={"Range": _range_header(offset)})
+        return offset
+
+    async def finish_upload(self, upload_id: str, digest: str, chunks: AsyncIterator[bytes] | None = None) -> int:
+        """Append the last bytes (if any) and commit as `digest`; containerd verifies it."""
+        ref = self._ref(upload_id)
+        async with self._stream(upload_id) as ingest:
+            if chunks is not None:
+                async for chunk in chunks:
+                    await ingest.write(chunk)
+            try:
+                await ingest.commit(digest, labels={})
+            except errors.AlreadyExists:
+                pass  # the same blob was committed meanwhile (by another upload): that is success
+            except errors.ContainerdError as err:
+                if await self.ctr.content.exists(digest) is None:
+                    self._sessions.pop(upload_id, None)
+                    await self._discard(ref)
+                    raise E.digest_invalid(detail={"digest": digest, "reason": str(err)}) from None
+            self._sessions.pop(upload_id, None)
+        # The upload's lease now holds the blob until it expires (a manifest will claim it).
+        with contextlib.suppress(errors.ContainerdError):
+            await self.ctr.leases.add_resource(ref, digest)
+        size = await self.stat_blob(digest)
+        if size is None:  # collected in between: only possible with a tiny expiry
+            raise E.blob_upload_invalid("blob vanished right after its commit")
+        return size
+
+    async def cancel_upload(self, upload_id: str) -> None:
+        if not _UPLOAD_ID.match(upload_id):
+            raise E.blob_upload_unknown(detail={"uuid": upload_id})
+        ref = self._ref(upload_id)
+        s = self._sessions.pop(upload_id, None)
+        if s is not None:
+            async with s.lock:
+                if s.ingest is not None:
+                    await s.ingest.abandon()
+        try:
+            await self.ctr.content.status(ref)
+        except errors.NotFound:
+            raise E.blob_upload_unknown(detail={"uuid": upload_id}) from None
+        await self._discard(ref)
+
+    async def _discard(self, ref: str) -> None:
+        for _ in range(50):  # a reset stream releases the ingest's lock a moment later
+            try:
+                await self.ctr.content.abort(ref)
+                break
+            except errors.NotFound:
+                break
+            except errors.ContainerdError:
+                await asyncio.sleep(0.1)
+        with contextlib.suppress(errors.ContainerdError):
+            await self.ctr.leases.delete(ref)
+
+    async def _end_stream(self, s: Session) -> None:
+        if s.ingest is not None and not s.ingest.closed:
+            try:
+                await s.ingest.close()
+            except (errors.ContainerdError, asyncio.CancelledError):
+                pass
+        s.ingest = None
+
+    async def _sweep(self) -> None:
+        """End write streams of uploads that went quiet (the ingest stays until its lease expires)."""
+        while True:
+            await asyncio.sleep(SESSION_IDLE / 3)
+            now = time.monotonic()
+            for upload_id, s in list(self._sessions.items()):
+                if now - s.last_used > SESSION_IDLE and not s.lock.locked():
+                    async with s.lock:
+                        await self._end_stream(s)
+                        if self._sessions.get(upload_id) is s:
+                            del self._sessions[upload_id]
+
+    # -- manifests -----------------------------------------------------------------------------
+
+    async def resolve(self, repo: str, reference: str, *, with_body: bool) -> Manifest:
+        if ":" in reference:
+            digest = _manifest_digest(reference)
+            info = await self.ctr.content.exists(digest)
+            if info is None or info.size > MANIFEST_LIMIT:
+                raise E.manifest_unknown(detail={"digest": digest})
+            media_type = info.labels.get(LABEL_MEDIA_TYPE, "")
+            body = None
+            if with_body or not media_type:
+                body = await self._read_manifest(digest)
+                media_type = media_type or sniff_media_type(body)
+                if not media_type:
+                    raise E.manifest_unknown(f"{digest} is not a manifest", detail={"digest": digest})
+            return Manifest(digest, media_type, info.size, body if with_body else None)
+        name = image_name(repo, _tag(reference))
+        try:
+            img = await self.ctr.images.get(name)
+        except errors.NotFound:
+            raise E.manifest_unknown(detail={"tag": reference}) from None
+        t = img.target
+        body = await self._read_manifest(t.digest) if with_body else None
+        if body is None and await self.ctr.content.exists(t.digest) is None:
+            raise E.manifest_unknown(detail={"tag": reference})
+        return Manifest(t.digest, t.media_type, t.size, body)
+
+    async def _read_manifest(self, digest: str) -> bytes:
+        try:
+            return await self.ctr.content.read_all(digest, limit=MANIFEST_LIMIT)
+        except (errors.NotFound, errors.FailedPrecondition):
+            raise E.manifest_unknown(detail={"digest": digest}) from None
+
+    async def put_manifest(self, repo: str, reference: str, body: bytes,
+                           content_type: str | None) -> tuple[Manifest, str | None]:
+        """Verify, store byte-exact, label, and tag. Children are leased while we work so GC cannot
+        take them between the check and the tag; an image is tagged only once it is complete."""
+        tag = None
+        if ":" in reference:
+            want = _manifest_digest(reference)
+            digest = D.of(body)
+            if digest != want:
+                raise E.digest_invalid(detail={"digest": want, "actual": digest})
+        else:
+            tag = _tag(reference)
+            digest = D.of(body)
+        declared = content_type if content_type in MT.ALL_MANIFESTS else None
+        try:
+            parsed = M.parse(body, declared)
+        except M.InvalidManifest as err:
+            raise E.manifest_invalid(str(err)) from None
+        for d in parsed.children() + ([parsed.subject] if parsed.subject else []):
+            if not D.is_valid(d.digest):
+                raise E.manifest_invalid(f"invalid digest {d.digest!r} in a descriptor", detail={"digest": d.digest})
+        domain, path = R.split_domain(repo)
+
+        async with self.ctr.leases.temporary(expire=timedelta(minutes=10)) as lease:
+            infos = await asyncio.gather(*(self._claim(lease, d) for d in parsed.children()))
+            for d, info in zip(parsed.children(), infos):
+                if info is None:
+                    if d.media_type.startswith(NONDISTRIBUTABLE):
+                        continue
+                    raise E.manifest_blob_unknown(detail={"digest": d.digest})
+                if info.size != d.size:
+                    raise E.manifest_invalid(f"descriptor of {d.digest} says {d.size} bytes, the blob has {info.size}",
+                                             detail={"digest": d.digest})
+            await self._label_children(parsed, domain, path)
+
+            labels = gc_refs(parsed.raw)
+            labels[LABEL_MEDIA_TYPE] = parsed.media_type
+            labels[f"{DISTRIBUTION_SOURCE}.{domain}"] = path
+            if parsed.subject is not None:
+                labels[LABEL_SUBJECT] = parsed.subject.digest
+                labels[LABEL_ARTIFACT_TYPE] = parsed.artifact_type
+            await self._write_small(f"pussh-manifest-{D.hex_of(digest)}", body, digest, labels, lease)
+
+            if tag is not None:
+                target = Descriptor(parsed.media_type, digest, len(body))
+                await self.ctr.images.put(image_name(repo, tag), target)
+            else:
+                await self.ctr.leases.add_resource(UNTAGGED_LEASE, digest)
+            if parsed.is_index:
+                # The index keeps its children now; the untagged lease need not (see module doc).
+                for child in parsed.manifests:
+                    with contextlib.suppress(errors.ContainerdError):
+                        await self.ctr.leases.delete_resource(UNTAGGED_LEASE, child.digest)
+        return Manifest(digest, parsed.media_type, len(body)), (parsed.subject.digest if parsed.subject else None)
+
+    async def _claim(self, lease: str, d: M.Desc):
+        await self.ctr.leases.add_resource(lease, d.digest)
+        return await self.ctr.content.exists(d.digest)
+
+    async def _label_children(self, parsed: M.Parsed, domain: str, path: str) -> None:
+        """Layers get their diffID (`containerd.io/uncompressed`, from the config's rootfs, by
+        index) and every child the distribution source, as containerd's own pull sets them."""
+        source_key = f"{DISTRIBUTION_SOURCE}.{domain}"
+        diff_ids: list[str] = []
+        if parsed.config is not None and parsed.config.media_type in CONFIG_TYPES:
+            try:
+                config = json.loads(await self.ctr.content.read_all(parsed.config.digest, limit=MANIFEST_LIMIT))
+                ids = config.get("rootfs", {}).get("diff_ids") or []
+                if isinstance(ids, list) and len(ids) == len(parsed.layers) and all(isinstance(i, str) for i in ids):
+                    diff_ids = ids
+            except (ValueError, UnicodeDecodeError, AttributeError, errors.ContainerdError):
+                diff_ids = []  # not an image config we understand: label what we can
+
+        async def label(d: M.Desc, diff_id: str | None) -> None:
+            try:
+                info = await self.ctr.content.info(d.digest)
+            except errors.NotFound:
+                return
+            want: dict[str, str] = {}
+            sources = [s for s in info.labels.get(source_key, "").split(",") if s]
+            if path not in sources:
+                want[source_key] = ",".join(sources + [path])
+            if diff_id and D.is_valid(diff_id) and info.labels.get(UNCOMPRESSED) != diff_id:
+                want[UNCOMPRESSED] = diff_id
+            if want:
+                await self.ctr.content.set_labels(d.digest, want)
+
+        jobs = [label(d, diff_ids[i] if diff_ids else None) for i, d in enumerate(parsed.layers)]
+        if parsed.config is not None:
+            jobs.append(label(parsed.config, None))
+        await asyncio.gather(*jobs)
+
+    async def _write_small(self, ref: str, body: bytes, digest: str, labels: dict[str, str], lease: str) -> None:
+        ingest = Ingest(self.ctr, ref, lease)
+        try:
+            await ingest.open(expected=digest, lock_timeout=self.lock_timeout)
+        except errors.AlreadyExists:
+            await self.ctr.leases.add_resource(lease, digest)
+            await self.ctr.content.set_labels(digest, labels)
+            return
+        try:
+            if ingest.offset:
+                # A stale ingest under this ref: start it over (it can only hold these same bytes,
+                # but resuming a manifest is not worth the bookkeeping).
+                await ingest.abandon()
+                await self._discard_ingest(ref)
+                ingest = Ingest(self.ctr, ref, lease)
+                await ingest.open(expected=digest, lock_timeout=self.lock_timeout)
+            await ingest.write(body)
+            await ingest.commit(digest, labels)
+        except errors.AlreadyExists:
+            await self.ctr.content.set_labels(digest, labels)
+        except BaseException:
+            await ingest.abandon()
+            raise
+
+    async def _discard_ingest(self, ref: str) -> None:
+        for _ in range(50):
+            try:
+                await self.ctr.content.abort(ref)
+                return
+            except errors.NotFound:
+                return
+            except errors.ContainerdError:
+                await asyncio.sleep(0.1)
+
+    async def delete_manifest(self, repo: str, reference: str) -> None:
+        if ":" in reference:
+            digest = _manifest_digest(reference)
+            if await self.ctr.content.exists(digest) is None:
+                raise E.manifest_unknown(detail={"digest": digest})
+            images = await self.ctr.images.list()
+            for img in images:
+                parsed = repository_of(img.name)
+                if img.target.digest == digest and parsed and image_name(repo, parsed[1]) == img.name:
+                    with contextlib.suppress(errors.NotFound):
+                        await self.ctr.images.delete(img.name)
+            # Other repositories' tags may still point at it: then only this repository lets go.
+            still = [i for i in await self.ctr.images.list() if i.target.digest == digest]
+            with contextlib.suppress(errors.ContainerdError):
+                await self.ctr.leases.delete_resource(UNTAGGED_LEASE, digest)
+            if not still:
+                with contextlib.suppress(errors.NotFound):
+                    await self.ctr.content.delete(digest)
+            return
+        try:
+            await self.ctr.images.delete(image_name(repo, _tag(reference)))
+        except errors.NotFound:
+            raise E.manifest_unknown(detail={"tag": reference}) from None
+
+    # -- tags, catalog, referrers --------------------------------------------------------------
+
+    async def tags(self, repo: str) -> list[str]:
+        domain, path = R.split_domain(repo)
+        prefix = f"{domain}/{path}:"
+        out = []
+        for img in await self.ctr.images.list():
+            if img.name.startswith(prefix):
+                tag = img.name[len(prefix):]
+                if R.TAG_RE.match(tag):
+                    out.append(tag)
+        return sorted(set(out))
+
+    async def repositories(self) -> list[str]:
+        repos = set()
+        for img in await self.ctr.images.list():
+            parsed = repository_of(img.name)
+            if parsed:
+                repos.add(parsed[0])
+        return sorted(repos)
+
+    async def referrers(self, digest: str, artifact_type: str | None) -> list[dict]:
+        infos = await self.ctr.content.list(f'labels."{LABEL_SUBJECT}"=="{digest}"')
+        out = []
+        for info in sorted(infos, key=lambda i: i.digest):
+            if artifact_type and info.labels.get(LABEL_ARTIFACT_TYPE, "") != artifact_type:
+                continue
+            try:
+                parsed = M.parse(await self.ctr.content.read_all(info.digest, limit=MANIFEST_LIMIT))
+            except (M.InvalidManifest, errors.ContainerdError):
+                continue  # deleted meanwhile
+            desc: dict = {"mediaType": parsed.media_type, "digest": info.digest, "size": info.size}
+            if parsed.artifact_type:
+                desc["artifactType"] = parsed.artifact_type
+            annotations = parsed.raw.get("annotations")
+            if isinstance(annotations, dict) and annotations:
+                desc["annotations"] = annotations
+            out.append(desc)
+        return out
+
+
+def _range_header(offset: int) -> str:
+    # The spec's upload Range is inclusive; an empty upload reports 0-0 (as distribution does).
+    return f"0-{max(offset - 1, 0)}"
+
+
+def _tag(reference: str) -> str:
+    if not R.TAG_RE.match(reference):
+        raise E.manifest_invalid(f"invalid tag {reference!r}", detail={"tag": reference})
+    return reference
+
+
+def _manifest_digest(reference: str) -> str:
+    try:
+        D.validate(reference)
+    except D.InvalidDigest as err:
+        raise E.digest_invalid(str(err), detail={"digest": reference}) from None
+    if not reference.startswith("sha256:"):
+        raise E.unsupported("only sha256 digests are supported", detail={"digest": reference})
+    return reference
