@@ -21,6 +21,7 @@ class Plan:
     manifests: list[tuple[M.Desc, bytes]]  # in push order: children first, root last
     blobs: list[M.Desc]  # configs and layers, each digest once
     platforms: list[M.Platform] = field(default_factory=list)
+    images: list[M.Parsed] = field(default_factory=list)  # the chosen platforms' manifests (no attestations)
 
     @property
     def total_bytes(self) -> int:
@@ -49,7 +50,7 @@ async def make_plan(source: ImageSource, wanted: list[M.Platform], explicit: boo
         plat = _platform_of_config(await source.read_small(parsed.config.digest)) if parsed.config else None
         if explicit and plat is not None and not any(w.matches(plat) for w in wanted):
             raise UsageError(f"--platform {_fmt(wanted)} is not in the image {source.ref.familiar} (it is {plat})")
-        return Plan(root, [manifest], _unique(parsed.children()), [plat] if plat else [])
+        return Plan(root, [manifest], _unique(parsed.children()), [plat] if plat else [], [parsed])
 
     entries = [m for m in parsed.manifests if m.platform is not None and not _is_attestation(m)]
     chosen: list[M.Desc] = []
@@ -76,6 +77,7 @@ async def make_plan(source: ImageSource, wanted: list[M.Platform], explicit: boo
 
     manifests: list[tuple[M.Desc, bytes]] = []
     blobs: list[M.Desc] = []
+    images: list[M.Parsed] = []
     for m in chosen:
         mbody = await source.read_small(m.digest)
         mparsed = M.parse(mbody, m.media_type)
@@ -83,6 +85,8 @@ async def make_plan(source: ImageSource, wanted: list[M.Platform], explicit: boo
             raise PusshError(f"nested indexes are not supported ({m.digest})")
         manifests.append(await _manifest(source, m, mbody, mparsed))
         blobs.extend(mparsed.children())
+        if not _is_attestation(m):
+            images.append(mparsed)
     if len(chosen) == len(parsed.manifests):
         root_entry = (root, body)
     else:
@@ -92,7 +96,8 @@ async def make_plan(source: ImageSource, wanted: list[M.Platform], explicit: boo
         new_body = json.dumps(raw, separators=(",", ":")).encode()
         root_entry = (M.Desc(root.media_type, D.of(new_body), len(new_body)), new_body)
     manifests.append(root_entry)
-    return Plan(root_entry[0], manifests, _unique(blobs), [m.platform for m in chosen if m.platform and not _is_attestation(m)])
+    platforms = [m.platform for m in chosen if m.platform and not _is_attestation(m)]
+    return Plan(root_entry[0], manifests, _unique(blobs), platforms, images)
 
 
 async def _manifest(source: ImageSource, desc: M.Desc, body: bytes, parsed: M.Parsed) -> tuple[M.Desc, bytes]:

@@ -16,6 +16,7 @@ from oci import reference as R
 from oci.manifest import Platform
 
 from . import remote, ssh
+from .classic import load_image
 from .errors import PusshError
 from .plan import Plan, make_plan
 from .progress import UI, human_bytes
@@ -95,11 +96,13 @@ async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptio
         ui.debug(f"{label}: docker {server.docker_version} ({' '.join(server.docker)}), containerd at "
                  f"{server.containerd_socket}, {'containerd' if server.containerd_store else 'classic'} image store, "
                  f"{server.platform}")
-        if not server.containerd_store:
-            raise PusshError(f"{label}: the server's Docker uses the classic image store; not supported yet")
         plan = await make_plan(source, opts.platforms or [server.platform], explicit=bool(opts.platforms))
         result.platforms = [str(p) for p in plan.platforms]
         result.digest = plan.root.digest
+        if not server.containerd_store:
+            # 8. Classic store: straight into Docker with `docker load`, only the layers it lacks (see classic.py).
+            await load_image(conn, server, source, plan, source.ref.familiar, ui, result)
+            return
 
         # 4. The registry container on the server's loopback, with a per-push token.
         await remote.remove_leftovers(conn, server)
