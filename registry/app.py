@@ -7,6 +7,7 @@ import binascii
 import hmac
 import logging
 import re
+from urllib.parse import unquote
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +20,7 @@ from oci import reference as R
 
 from . import blobs, catalog, manifests, referrers, tags, uploads
 from . import errors as E
-from .http import API_VERSION_HEADER
+from .http import API_VERSION_HEADER, ROUTE
 from .storage import Storage
 
 log = logging.getLogger("pussh.registry")
@@ -66,12 +67,13 @@ ROUTES[0] = (ROUTES[0][0], {"GET": base, "HEAD": base})
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
-    path = request.path
+    # The raw path: an encoded slash (%2F) must not create a path segment.
+    path = request.rel_url.raw_path
     for pattern, handlers in ROUTES:
         m = pattern.match(path)
         if not m:
             continue
-        params = m.groupdict()
+        params = {k: unquote(v) for k, v in m.groupdict().items() if v is not None}
         name = params.get("name")
         if name is not None:
             _check_name(name)
@@ -80,7 +82,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             err = E.method_not_allowed(request.method)
             err.headers["Allow"] = ", ".join(sorted(handlers))
             raise err
-        request["route"] = params
+        request[ROUTE] = params
         return await handler(request)
     raise E.RegistryError("NOT_FOUND", 404, f"no such endpoint: {request.method} {path}")
 

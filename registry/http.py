@@ -17,8 +17,12 @@ API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 BATCH = 8 << 20
 
 
+# Where the dispatcher leaves the route's parameters on the request.
+ROUTE = web.RequestKey("route", dict) if hasattr(web, "RequestKey") else "route"
+
+
 def param(request: web.Request, key: str) -> str:
-    return request["route"][key]
+    return request[ROUTE][key]
 
 
 def storage(request: web.Request):
@@ -81,7 +85,7 @@ def paginate(items: list[str], request: web.Request, path: str, key: str) -> web
         items = items[:n]
         if more and items:
             headers["Link"] = f'<{path}?n={n}&last={items[-1]}>; rel="next"'
-    return web.json_response({**({"name": request["route"]["name"]} if key == "tags" else {}), key: items},
+    return web.json_response({**({"name": request[ROUTE]["name"]} if key == "tags" else {}), key: items},
                              headers=headers)
 
 

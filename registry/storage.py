@@ -187,12 +187,14 @@ class Storage:
     async def upload_offset(self, upload_id: str) -> int:
         if not _UPLOAD_ID.match(upload_id):
             raise E.blob_upload_unknown(detail={"uuid": upload_id})
-        s = self._sessions.get(upload_id)
-        if s is not None and s.ingest is not None and not s.ingest.closed:
-            return s.ingest.offset
+        # containerd's word, not our session's: an expired upload is gone even if we still hold a
+        # stream for it, and the offset it reports is what it has written.
         try:
             return (await self.ctr.content.status(self._ref(upload_id))).offset
         except errors.NotFound:
+            s = self._sessions.pop(upload_id, None)
+            if s is not None and s.ingest is not None:
+                await s.ingest.abandon()
             raise E.blob_upload_unknown(detail={"uuid": upload_id}) from None
 
     @contextlib.asynccontextmanager

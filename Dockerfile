@@ -1,0 +1,32 @@
+# pussh-registry: an OCI distribution registry whose storage is the host's containerd.
+#
+#   docker build --network host -t pussh-registry:0.1.0 .     (the build reaches PyPI)
+#   docker run -d -p 5000:5000 -v /run/containerd/containerd.sock:/run/containerd/containerd.sock pussh-registry:0.1.0
+#
+# Options come as arguments after the image name (`--listen 127.0.0.1:0 --namespace moby`) or as
+# PUSSH_REGISTRY_* variables; the token only by variable or file (PUSSH_REGISTRY_TOKEN, --token-file).
+# It runs as root: containerd's socket is root's. Mounting the host's content directory read-only at
+# the same path (-v /var/lib/containerd/io.containerd.content.v1.content:...:ro) lets blob GETs read
+# files directly instead of through gRPC.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+COPY pyproject.toml /src/
+COPY ctrd /src/ctrd
+COPY oci /src/oci
+COPY proto /src/proto
+COPY registry /src/registry
+# Only what the registry imports (the client's SSH/UI dependencies stay out of the image), with the
+# versions pyproject pins; a venv, because a distribution's own python3 refuses system-wide pip.
+RUN python3 -m venv /opt/pussh \
+ && python3 -c "import tomllib; deps = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if d.split('>')[0].split('=')[0].strip() in ('aiohttp', 'grpclib', 'protobuf')))" > /tmp/requirements.txt \
+ && /opt/pussh/bin/pip install -q -r /tmp/requirements.txt \
+ && /opt/pussh/bin/pip install -q --no-deps /src \
+ && rm -rf /src /tmp/requirements.txt /root/.cache \
+ && /opt/pussh/bin/pussh-registry --help > /dev/null
+
+ENV PUSSH_REGISTRY_LISTEN=0.0.0.0:5000
+EXPOSE 5000
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/opt/pussh/bin/pussh-registry"]
