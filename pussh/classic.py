@@ -131,3 +131,4 @@ async def load_image(conn: Connection, server: Server, source: ImageSource, plan
     bar.finish("loaded")
     result.blobs_sent += len(sent) + 1
     result.bytes_sent += sum(l.size for l in sent) + len(config_body)
+    result.sent += [manifest.config.digest] + [l.digest for l in sent]

@@ -52,6 +52,7 @@ class HostResult:
     seconds: float = 0.0
     platforms: list[str] = field(default_factory=list)
     digest: str | None = None
+    sent: list[str] = field(default_factory=list)  # digests of the blobs sent
 
     def summary(self) -> str:
         if not self.ok:
@@ -148,6 +149,7 @@ async def _push_over_tunnel(source: ImageSource, plan: Plan, sock: str, port: in
                 bar.finish()
                 result.blobs_sent += 1
                 result.bytes_sent += b.size
+                result.sent.append(b.digest)
 
         await _all_or_nothing([send(b) for b in sorted(missing, key=lambda b: -b.size)])
         # Manifests bottom-up by digest; the tag last, so an interrupted push never leaves it half-made.

@@ -109,7 +109,7 @@ def _has_known_host_key(options: asyncssh.SSHClientConnectionOptions) -> bool:
         files = [files]
     if not isinstance(files, (list, tuple)):
         return False
-    host, port = options.host, options.port or 22
+    host, port = getattr(options, "host_key_alias", None) or options.host, options.port or 22
     try:
         addr = socket.getaddrinfo(host, None)[0][4][0]
     except (OSError, IndexError):
