@@ -135,7 +135,12 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     except (CE.Unavailable, CE.StreamReset) as err:
         log.warning("%s %s: containerd unavailable: %s", request.method, request.path, err)
         return _error_response(request, E.unavailable(f"containerd is unavailable: {err}"))
-    except (ConnectionResetError, web.HTTPException):
+    except ConnectionResetError:
+        # The client went away mid-request (a killed push): not our failure. What it had sent
+        # stays in the upload's ingest until the upload's lease expires.
+        log.info("%s %s: client disconnected", request.method, request.path)
+        return web.Response(status=499)
+    except web.HTTPException:
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.path)

@@ -133,7 +133,8 @@ def layer_tar(files: dict[str, bytes]) -> bytes:
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in sorted(files.items()):
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            info.size, info.mtime = len(data), 0
+            info.mode = 0o755 if name.startswith("bin/") else 0o644
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
@@ -167,11 +168,16 @@ class HandImage:
 
 
 def hand_image(seed: str, n_layers: int = 2, *, docker: bool = False, arch: str = "amd64",
-               layer_size: int = 1024) -> HandImage:
-    tars = [layer_tar({f"{seed}-{i}.txt": (seed.encode() + os.urandom(layer_size))}) for i in range(n_layers)]
+               layer_size: int = 1024, runnable: bool = False) -> HandImage:
+    """Random layers; `runnable` adds a first layer with the static busybox and a Cmd."""
+    tars = [layer_tar({f"{seed}-{i}.txt": (seed + os.urandom(layer_size // 2).hex()).encode()})
+            for i in range(n_layers)]
+    if runnable:
+        tars.insert(0, layer_tar({"bin/busybox": Path("/bin/busybox").read_bytes()}))
     layers = [gzip_bytes(t) for t in tars]
     diff_ids = [sha(t) for t in tars]
-    config = json.dumps({"architecture": arch, "os": "linux", "config": {},
+    cmd = {"Cmd": ["/bin/busybox", "cat", f"/{seed}-0.txt"]} if runnable else {}
+    config = json.dumps({"architecture": arch, "os": "linux", "config": cmd,
                          "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
     if docker:
         mt, cmt, lmt = MT.DOCKER_MANIFEST, MT.DOCKER_CONFIG, MT.DOCKER_LAYER_GZIP
@@ -192,6 +198,23 @@ def index_of(images: dict[str, HandImage], *, docker: bool = False) -> dict:
         "manifests": [{"mediaType": img.media_type, "digest": img.digest, "size": len(img.body),
                        "platform": {"os": "linux", "architecture": arch}} for arch, img in images.items()],
     }
+
+
+def write_oci_layout(d: Path, tags: dict[str, tuple[bytes, str]], blobs: list[bytes]) -> None:
+    """An OCI image layout: `tags` maps a ref name to (manifest or index body, media type)."""
+    (d / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (d / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    for blob in blobs + [body for body, _ in tags.values()]:
+        (d / "blobs" / "sha256" / sha(blob).split(":")[1]).write_bytes(blob)
+    index = {"schemaVersion": 2, "mediaType": MT.OCI_INDEX, "manifests": [
+        {"mediaType": mt, "digest": sha(body), "size": len(body),
+         "annotations": {"org.opencontainers.image.ref.name": tag}} for tag, (body, mt) in tags.items()]}
+    (d / "index.json").write_text(json.dumps(index))
+
+
+def read_oci_layout(d: Path) -> dict[str, bytes]:
+    """Every blob of a layout by digest."""
+    return {"sha256:" + p.name: p.read_bytes() for p in (d / "blobs" / "sha256").iterdir()}
 
 
 # -- the registry as a process ---------------------------------------------------------------------
