@@ -49,14 +49,14 @@ def tail(path: Path | str, n: int = 30) -> str:
 def run(argv: Sequence[str], *, check: bool = True, input: str | bytes | None = None, text: bool = True,
         env: dict[str, str] | None = None, timeout: float | None = None,
         cwd: str | None = None) -> subprocess.CompletedProcess:
-    """subprocess.run with captured output; on failure raise TestbedError with stderr (readable in pytest)."""
-    if input is not None and text and isinstance(input, bytes):
-        text = False
-    cp = subprocess.run(list(argv), input=input, capture_output=True, text=text, env=env, timeout=timeout,
-                        cwd=cwd)
+    """subprocess.run with captured output (decoded unless text=False, whatever the input type);
+    on failure raise TestbedError carrying stdout/stderr tails (readable in a pytest report)."""
+    data = input.encode() if isinstance(input, str) else input
+    cp = subprocess.run(list(argv), input=data, capture_output=True, env=env, timeout=timeout, cwd=cwd)
+    if text:
+        cp.stdout, cp.stderr = cp.stdout.decode(errors="replace"), cp.stderr.decode(errors="replace")
     if check and cp.returncode != 0:
-        err = cp.stderr if isinstance(cp.stderr, str) else cp.stderr.decode(errors="replace")
-        out = cp.stdout if isinstance(cp.stdout, str) else cp.stdout.decode(errors="replace")
+        out, err = (x if isinstance(x, str) else x.decode(errors="replace") for x in (cp.stdout, cp.stderr))
         raise TestbedError(f"command failed (rc={cp.returncode}): {' '.join(map(str, argv))}\n"
                            f"stdout: {out[-2000:]}\nstderr: {err[-2000:]}")
     return cp

@@ -94,6 +94,8 @@ class RemoteHost(DockerHostMixin):
             if not Path("/usr/sbin/sshd").exists():
                 raise TestbedError("missing /usr/sbin/sshd: run scripts/install-system.sh")
             self._sweep_stale()
+            # dockerd gives its socket to group "docker" only if it exists (add_user(docker_group=True))
+            run(["groupadd", "-f", "docker"])
             self._write_files()
             self._start_holder()
             self._setup_mounts()
