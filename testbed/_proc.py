@@ -187,7 +187,7 @@ class Daemon:
         self.pid = self.proc.pid
         if pidfile is not None:  # for crash recovery by a later run (stale slot sweep)
             with open(pidfile, "a") as f:
-                f.write(f"{self.pid} {self.argv[0]}\n")
+                f.write(f"{self.pid} {start_time(self.pid)} {self.argv[0]}\n")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -242,18 +242,26 @@ class Slot:
             self.fd = -1
 
 
-def kill_recorded(pidfile: Path, marker: str) -> None:
-    """Kill (by PID) processes a crashed run recorded, if their argv still mentions our state dir/socket."""
+def start_time(pid: int) -> int | None:
+    """Start time in clock ticks since boot: (pid, start time) names a process even after PID reuse."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def kill_recorded(pidfile: Path) -> None:
+    """Kill the processes (and their children) a crashed run recorded, if they are still those processes."""
     try:
         lines = pidfile.read_text().splitlines()
     except OSError:
         return
     for line in lines:
         try:
-            pid = int(line.split()[0])
-        except (ValueError, IndexError):
+            pid, started = (int(x) for x in line.split()[:2])
+        except ValueError:
             continue
-        if pid_alive(pid) and any(marker in a for a in cmdline(pid)):
+        if start_time(pid) == started:
             kill_pids(with_descendants([pid]))
 
 

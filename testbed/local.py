@@ -149,7 +149,7 @@ class LocalHost(DockerHostMixin):
         """Leftovers of a crashed run that held this slot (our lock proves it is gone)."""
         if not self.dir.exists():
             return
-        kill_recorded(self.dir / "pids", str(self.dir))
+        kill_recorded(self.dir / "pids")
         sweep_shims(self.containerd_socket)
         umount_under(self.dir)
         subprocess.run(["rm", "-rf", str(self.dir)], check=False)

@@ -233,14 +233,16 @@ Host {alias}
 
     def _sweep_stale(self) -> None:
         """Remove what a crashed run left in this slot (we hold its lock, so that run is gone)."""
-        run(["iptables", "-w", "-t", "raw", "-D", "PREROUTING", *self._delay_rule(self.veth_local)], check=False)
+        while run(["iptables", "-w", "-t", "raw", "-D", "PREROUTING", *self._delay_rule(self.veth_local)],
+                  check=False).returncode == 0:
+            pass
         if Path(f"/run/netns/{self.netns}").exists():
             ino = os.stat(f"/run/netns/{self.netns}").st_ino
             kill_pids(with_descendants(pids_in_netns(ino)))
             run(["ip", "netns", "delete", self.netns], check=False)
         run(["ip", "link", "del", self.veth_local], check=False)
         if self.dir.exists():
-            kill_recorded(self.dir / "pids", str(self.dir))
+            kill_recorded(self.dir / "pids")
             for line in (self.dir / "users").read_text().split() if (self.dir / "users").exists() else []:
                 run(["userdel", "-r", "-f", line], check=False)
             umount_under(self.dir)
