@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 from typing import Literal
 
 from ._proc import (LIVE, STATE_BASE, Daemon, Slot, TestbedError, all_pids, cmdline, docker_ping, kill_pids,
@@ -70,10 +69,31 @@ def sweep_shims(socket_path: str) -> None:
 
 
 class DockerHostMixin:
-    """docker helpers common to LocalHost and RemoteHost (both define docker())."""
+    """What LocalHost and RemoteHost share: docker helpers and control of their two daemons.
+
+    Subclasses keep `_daemons` (start order: containerd first, so stopping in reverse stops dockerd
+    first) and provide `_spawn`, the daemons' argv and readiness probes."""
+
+    where = "host"
+    _daemons: list[Daemon]
 
     def docker(self, *args: str, check: bool = True, input: str | bytes | None = None,
                timeout: float | None = None) -> subprocess.CompletedProcess:  # pragma: no cover
+        raise NotImplementedError
+
+    def _spawn(self, name: str, argv: list[str]) -> Daemon:  # pragma: no cover
+        raise NotImplementedError
+
+    def _containerd_argv(self) -> list[str]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _dockerd_argv(self) -> list[str]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _containerd_ready(self) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    def _dockerd_ready(self) -> bool:  # pragma: no cover
         raise NotImplementedError
 
     def info(self) -> dict:
@@ -85,9 +105,61 @@ class DockerHostMixin:
     def has_image(self, ref: str) -> bool:
         return self.docker("image", "inspect", ref, check=False).returncode == 0
 
+    def logs(self) -> dict[str, str]:
+        return {d.name: tail(d.log) for d in self._daemons}
+
+    def _wait(self, d: Daemon, pred, timeout: float, what: str) -> None:
+        """Poll pred; fail early if the daemon died, and put its log tail in the error either way."""
+        def ok() -> bool:
+            d.check()
+            return pred()
+        try:
+            wait_for(ok, timeout, f"{self.where} {what}")
+        except TestbedError as e:
+            raise TestbedError(f"{e}\n--- {d.log} ---\n{tail(d.log)}") from None
+
+    def _daemon(self, name: str) -> Daemon | None:
+        return next((d for d in reversed(self._daemons) if d.name == name), None)
+
+    def _start_containerd(self) -> Daemon:
+        d = self._spawn("containerd", self._containerd_argv())
+        self._daemons.remove(d)
+        self._daemons.insert(0, d)
+        return d
+
+    def _start_dockerd(self) -> Daemon:
+        return self._spawn("dockerd", self._dockerd_argv())
+
+    def kill_containerd(self) -> None:
+        """SIGKILL containerd (dockerd keeps running and retries); restart_containerd() brings it back."""
+        d = self._daemon("containerd")
+        if d:
+            d.kill()
+
+    def kill_dockerd(self) -> None:
+        d = self._daemon("dockerd")
+        if d:
+            d.kill()
+
+    def restart_containerd(self) -> None:
+        old = self._daemon("containerd")
+        if old:
+            old.stop(timeout=20)
+            self._daemons.remove(old)
+        self._wait(self._start_containerd(), self._containerd_ready, 30, "containerd socket")
+
+    def restart_dockerd(self) -> None:
+        old = self._daemon("dockerd")
+        if old:
+            old.stop(timeout=30)
+            self._daemons.remove(old)
+        self._wait(self._start_dockerd(), self._dockerd_ready, 60, "dockerd /_ping")
+
 
 class LocalHost(DockerHostMixin):
     """containerd + dockerd of our own under /tmp/ptb/l<N>; `env` points clients at them."""
+
+    where = "local"
 
     def __init__(self, store: Store = "containerd", *, start: bool = True) -> None:
         self.store: Store = store
@@ -118,14 +190,10 @@ class LocalHost(DockerHostMixin):
             (d / "containerd.toml").write_text(containerd_toml(
                 str(d / "ctd-root"), str(d / "ctd-state"), self.containerd_socket, str(d / "ctd-opt")))
             (d / "daemon.json").write_text(daemon_json(self.store))
-            self._ctd = self._spawn("containerd", ["containerd", "--config", str(d / "containerd.toml")])
-            # dockerd retries its containerd connection, so both start concurrently
-            self._dockerd = self._spawn("dockerd", [
-                "dockerd", "--config-file", str(d / "daemon.json"), "--host", self.docker_host,
-                "--data-root", str(d / "docker-root"), "--exec-root", str(d / "docker-exec"),
-                "--pidfile", str(d / "docker.pid"), "--containerd", self.containerd_socket])
-            self._wait(self._ctd, lambda: unix_connectable(self.containerd_socket), 30, "containerd socket")
-            self._wait(self._dockerd, lambda: docker_ping(self.docker_socket), 60, "dockerd /_ping")
+            ctd = self._start_containerd()
+            dockerd = self._start_dockerd()  # it retries its containerd connection: start both at once
+            self._wait(ctd, self._containerd_ready, 30, "containerd socket")
+            self._wait(dockerd, self._dockerd_ready, 60, "dockerd /_ping")
         except BaseException:
             self.stop()
             raise
@@ -136,14 +204,20 @@ class LocalHost(DockerHostMixin):
         self._daemons.append(d)
         return d
 
-    def _wait(self, d: Daemon, pred, timeout: float, what: str) -> None:
-        def ok() -> bool:
-            d.check()
-            return pred()
-        try:
-            wait_for(ok, timeout, f"local {what}")
-        except TestbedError as e:
-            raise TestbedError(f"{e}\n--- {d.log} ---\n{tail(d.log)}") from None
+    def _containerd_argv(self) -> list[str]:
+        return ["containerd", "--config", str(self.dir / "containerd.toml")]
+
+    def _dockerd_argv(self) -> list[str]:
+        d = self.dir
+        return ["dockerd", "--config-file", str(d / "daemon.json"), "--host", self.docker_host,
+                "--data-root", str(d / "docker-root"), "--exec-root", str(d / "docker-exec"),
+                "--pidfile", str(d / "docker.pid"), "--containerd", self.containerd_socket]
+
+    def _containerd_ready(self) -> bool:
+        return unix_connectable(self.containerd_socket)
+
+    def _dockerd_ready(self) -> bool:
+        return docker_ping(self.docker_socket)
 
     def _sweep_stale(self) -> None:
         """Leftovers of a crashed run that held this slot (our lock proves it is gone)."""
@@ -185,9 +259,6 @@ class LocalHost(DockerHostMixin):
     def docker(self, *args: str, check: bool = True, input: str | bytes | None = None,
                timeout: float | None = None) -> subprocess.CompletedProcess:
         return run(["docker", *args], check=check, input=input, env=clean_env(**self.env), timeout=timeout)
-
-    def logs(self) -> dict[str, str]:
-        return {d.name: tail(d.log) for d in self._daemons}
 
     def __repr__(self) -> str:
         return f"LocalHost(n={self.n}, store={self.store}, docker_host={self.docker_host})"

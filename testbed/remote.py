@@ -52,6 +52,8 @@ def parse_delay_ms(delay: str | float | int) -> float:
 class RemoteHost(DockerHostMixin):
     """A second Docker host on this machine. `ssh_config` + `alias` reach it with plain OpenSSH."""
 
+    where = "remote"
+
     def __init__(self, store: Store = "containerd", *, rate: str | None = None,
                  delay: str | float | None = None, start: bool = True) -> None:
         self.store: Store = store
@@ -100,11 +102,11 @@ class RemoteHost(DockerHostMixin):
             self._start_holder()
             self._setup_mounts()
             self._setup_veth()
-            ctd = self._spawn("containerd", ["containerd"])
-            dockerd = self._spawn("dockerd", ["dockerd", "--containerd", self.containerd_socket])
+            ctd = self._start_containerd()
+            dockerd = self._start_dockerd()
             sshd = self._spawn("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.dir / "ssh/sshd_config")])
-            self._wait(ctd, lambda: unix_connectable(self.containerd_socket_outside), 30, "containerd socket")
-            self._wait(dockerd, lambda: docker_ping(self.docker_socket_outside), 60, "dockerd /_ping")
+            self._wait(ctd, self._containerd_ready, 30, "containerd socket")
+            self._wait(dockerd, self._dockerd_ready, 60, "dockerd /_ping")
             self._wait(sshd, lambda: self.ssh("true", check=False, timeout=10).returncode == 0, 20, "ssh login")
             if rate or delay:
                 self.shape(rate, delay)
@@ -219,17 +221,17 @@ Host {alias}
         (self._delayers if delayer else self._daemons).append(d)
         return d
 
-    def _wait(self, d: Daemon, pred, timeout: float, what: str) -> None:
-        def ok() -> bool:
-            d.check()
-            return pred()
-        try:
-            wait_for(ok, timeout, f"remote {what}")
-        except TestbedError as e:
-            raise TestbedError(f"{e}\n--- {d.log} ---\n{tail(d.log)}") from None
+    def _containerd_argv(self) -> list[str]:
+        return ["containerd"]  # /etc/containerd/config.toml, /var/lib/containerd, /run/containerd: all private
 
-    def _daemon(self, name: str) -> Daemon | None:
-        return next((d for d in reversed(self._daemons) if d.name == name), None)
+    def _dockerd_argv(self) -> list[str]:
+        return ["dockerd", "--containerd", self.containerd_socket]
+
+    def _containerd_ready(self) -> bool:
+        return unix_connectable(self.containerd_socket_outside)
+
+    def _dockerd_ready(self) -> bool:
+        return docker_ping(self.docker_socket_outside)
 
     def _sweep_stale(self) -> None:
         """Remove what a crashed run left in this slot (we hold its lock, so that run is gone)."""
@@ -311,30 +313,6 @@ Host {alias}
     def logs(self) -> dict[str, str]:
         return {d.name: tail(d.log) for d in self._daemons + self._delayers}
 
-    # -- daemons -----------------------------------------------------------------------------------------
-    def kill_containerd(self) -> None:
-        d = self._daemon("containerd")
-        if d:
-            d.kill()
-
-    def restart_containerd(self) -> None:
-        d = self._daemon("containerd")
-        if d:
-            d.stop(timeout=20)
-        self._daemons = [x for x in self._daemons if x is not d]
-        # dockerd must come after containerd in _daemons for stop() order
-        new = self._spawn("containerd", ["containerd"])
-        self._daemons.remove(new)
-        self._daemons.insert(0, new)
-        self._wait(new, lambda: unix_connectable(self.containerd_socket_outside), 30, "containerd socket")
-
-    def restart_dockerd(self) -> None:
-        d = self._daemon("dockerd")
-        if d:
-            d.stop(timeout=30)
-            self._daemons.remove(d)
-        new = self._spawn("dockerd", ["dockerd", "--containerd", self.containerd_socket])
-        self._wait(new, lambda: docker_ping(self.docker_socket_outside), 60, "dockerd /_ping")
 
     # -- users -------------------------------------------------------------------------------------------
     def add_user(self, name: str, docker_group: bool = False, sudo_nopasswd: bool = False) -> RemoteUser:
@@ -382,7 +360,7 @@ Host {alias}
                     self._delayers.append(d)
                 else:
                     d = self._spawn("delay-remote", argv, delayer=True)
-                self._wait(d, lambda: "ready" in log.read_text(), 10, f"{d.name} ready")
+                self._wait(d, lambda: "ready" in log.read_text(), 10, f"{d.name} ready")  # noqa: B023
             run(["iptables", "-w", "-t", "raw", "-I", "PREROUTING", *self._delay_rule(self.veth_local)])
             self.run("iptables", "-w", "-t", "raw", "-I", "PREROUTING", *self._delay_rule(self.veth_remote))
         self.shaping = (rate or None, ms)
