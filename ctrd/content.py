@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 # 8 MiB messages were the fastest for gRPC writes here; containerd accepts up to 16 MiB.
 WRITE_CHUNK = 8 << 20
+WRITE_WINDOW = 3  # WRITE messages in flight per stream
 READ_CHUNK = 4 << 20
 
 # A function that yields the blob's bytes starting at the given offset (so a write can resume).
@@ -157,6 +158,8 @@ class ContentStore:
             except AlreadyExists:
                 return False
             except errors.Unavailable as err:
+                if isinstance(err, errors.StreamReset) and await self.exists(expected):
+                    return False  # another writer committed it while we wrote
                 # Refused before we wrote anything: the ref is locked by another writer.
                 locked = "locked" in str(err) or (isinstance(err, errors.StreamReset) and not opened)
                 if not locked or loop.time() > deadline:
@@ -181,6 +184,10 @@ class Writer:
         self.total = 0
         self.expected = ""
         self._ended = False
+        self._window = asyncio.Semaphore(WRITE_WINDOW)
+        self._in_flight = 0
+        self._acks: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
 
     async def __aenter__(self) -> "Writer":
         md = self._store._client.metadata(lease=self._lease)
@@ -191,6 +198,14 @@ class Writer:
 
     async def __aexit__(self, *exc) -> None:
         assert self._cm is not None and self._stream is not None
+        if exc[0] is None and not self._ended:
+            # A clean exit without commit (e.g. one chunk of a chunked upload): make sure every
+            # byte sent has landed, so the ingest's offset is what the caller believes.
+            await self.flush()
+        if self._acks is not None:
+            self._acks.cancel()
+            with contextlib.suppress(BaseException):
+                await self._acks
         if not self._ended:
             # Leaving without a commit: reset the stream. containerd keeps the ingest (and its
             # offset) for a later writer of the same ref to resume; the lease bounds its life.
@@ -237,20 +252,57 @@ class Writer:
         return self.offset
 
     async def write(self, data: bytes) -> None:
+        """Send data at the current offset. Up to WRITE_WINDOW messages are in flight: containerd
+        answers each one, and waiting for every answer before the next send left it idle while
+        Python framed the next message."""
+        assert self._stream is not None
         for start in range(0, len(data), WRITE_CHUNK):
             piece = data[start : start + WRITE_CHUNK]
-            resp = await self._call(
-                content_pb2.WriteContentRequest(
-                    action=content_pb2.WRITE, ref=self._ref, offset=self.offset, data=piece,
-                    total=self.total, expected=self.expected,
-                )
+            await self._window.acquire()
+            self._raise_if_failed()
+            req = content_pb2.WriteContentRequest(
+                action=content_pb2.WRITE, ref=self._ref, offset=self.offset, data=piece,
+                total=self.total, expected=self.expected,
             )
-            self.offset = resp.offset if resp.offset else self.offset + len(piece)
+            self._in_flight += 1
+            # The ack reader ends whenever nothing is in flight (so it never swallows the commit's
+            # reply); start a new one when needed.
+            if self._acks is None or self._acks.done():
+                self._acks = asyncio.create_task(self._read_acks())
+            with errors.mapped():
+                await self._stream.send_message(req)
+            self.offset += len(piece)
+
+    async def _read_acks(self) -> None:
+        assert self._stream is not None
+        try:
+            while self._in_flight:
+                with errors.mapped():
+                    resp = await self._stream.recv_message()
+                if resp is None:
+                    raise errors.Unavailable(f"containerd closed the write stream for {self._ref}")
+                self._in_flight -= 1
+                self._window.release()
+        except BaseException as err:  # surfaced to the writer on its next call
+            self._failure = err
+            self._window.release()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def flush(self) -> None:
+        """Wait until containerd has answered every WRITE sent."""
+        if self._acks is not None:
+            await self._acks
+            self._acks = None
+        self._raise_if_failed()
 
     async def commit(self, labels: Mapping[str, str] | None = None) -> str:
         """Commit the ingest. The request must carry end=True: without it grpclib never delivers the
         reply to a successful commit. A concurrent writer that committed first is AlreadyExists."""
         try:
+            await self.flush()
             resp = await self._call(
                 content_pb2.WriteContentRequest(
                     action=content_pb2.COMMIT, ref=self._ref, offset=self.offset, total=self.total,
