@@ -103,3 +103,22 @@ def test_faults_restart_and_block(make_remote) -> None:
     assert time.monotonic() - t0 > 3  # dropped, not refused: the client hits its ConnectTimeout
     remote.unblock_traffic()
     assert remote.ssh("true").returncode == 0
+
+
+@pytest.mark.slow
+def test_python_base_image(local_host: LocalHost) -> None:
+    """debootstrap + apt in a chroot, cached as a rootfs tarball; 70-90 s the first time on this machine."""
+    from testbed import build_python_base
+
+    ref = build_python_base(local_host)
+    out = local_host.docker("run", "--rm", "--pull", "never", "--network", "none", ref, "python3", "-c",
+                            "import sys, venv, ensurepip; print(sys.version_info[:2])").stdout
+    assert out.strip() == "(3, 11)"
+    # a derived build with a RUN step works offline (--network none)
+    import tempfile
+    with tempfile.TemporaryDirectory() as ctx:
+        with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+            f.write(f"FROM {ref}\nRUN python3 -m venv /opt/venv && /opt/venv/bin/python -c 'print(42)' > /ok\n")
+        local_host.docker("build", "-q", "--network", "none", "-t", "tb/pyderived:1", ctx, timeout=300)
+    assert local_host.docker("run", "--rm", "--pull", "never", "--network", "none", "tb/pyderived:1",
+                             "cat", "/ok").stdout.strip() == "42"
