@@ -43,7 +43,7 @@ def remote_classic():
 def push_json(local, remote, image, *extra, target=None):
     r = pussh(local, "--json", "-F", remote.ssh_config, "--registry-image", "pussh-registry:test", *extra,
               image, target or remote.alias)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stdout + r.stderr
     results = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(results) == 1 and results[0]["ok"], results
     return results[0]
@@ -54,7 +54,14 @@ def layers_of(host, image) -> list[str]:
 
 
 def run_output(host, image) -> str:
-    return host.docker("run", "--rm", "--pull", "never", "--network", "none", image).stdout.strip()
+    """The container's output. Not `docker run --rm`: dockerd 26 now and then drops the output of a
+    container that exits at once, so wait for it and read its log."""
+    cid = host.docker("run", "-d", "--pull", "never", "--network", "none", image).stdout.strip()
+    try:
+        assert host.docker("wait", cid).stdout.strip() == "0"
+        return host.docker("logs", cid).stdout.strip()
+    finally:
+        host.docker("rm", "-f", cid, check=False)
 
 
 def no_registry_left(remote) -> None:
