@@ -6,10 +6,11 @@
         remote.ssh("docker", "info")
 """
 from ._proc import TestbedError
-from .images import build_python_base, build_registry_image, build_test_image, build_test_image_pair, build_test_images
+from .images import (build_python_base, build_registry_image, build_test_image, build_test_image_pair,
+                     build_test_images)
 
 from .local import LocalHost, Store
 from .remote import RemoteHost, RemoteUser
 
-__all__ = ["LocalHost", "RemoteHost", "RemoteUser", "Store", "TestbedError", "build_python_base", "build_registry_image",
-           "build_test_image", "build_test_image_pair", "build_test_images"]
+__all__ = ["LocalHost", "RemoteHost", "RemoteUser", "Store", "TestbedError", "build_python_base",
+           "build_registry_image", "build_test_image", "build_test_image_pair", "build_test_images"]

@@ -49,7 +49,7 @@ def _print(d: dict) -> None:
     for r in d["remotes"]:
         print(f"# remote {r['alias']} ({r['address']}, {r['store']} store, shaping {r['shaping']}):")
         print(f"#   {r['ssh']} docker info")
-        print(f"#   {r['nsenter']} docker ps")
+        print(f"#   {r['nsenter']} env -u DOCKER_HOST -u CONTAINERD_ADDRESS docker ps")
     sys.stdout.flush()
 
 

@@ -223,8 +223,8 @@ def build_python_base(host: DockerHost, name: str = "localbase/python:3.11", *,
     if not force and host.docker("image", "inspect", name, check=False).returncode == 0:
         return name
     tarball = python_rootfs(packages)
-    host.docker("import", "-c", "ENV LANG=C.UTF-8", "-c", f"ENV PIP_CERT={IMAGE_CA}", "-c", 'CMD ["python3"]',
-                str(tarball), name, timeout=600)
+    env = ["-c", f"ENV PIP_CERT={IMAGE_CA}"] if os.path.exists(HOST_CA) else []  # same test as in the rootfs
+    host.docker("import", "-c", "ENV LANG=C.UTF-8", *env, "-c", 'CMD ["python3"]', str(tarball), name, timeout=600)
     return name
 
 

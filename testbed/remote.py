@@ -262,10 +262,13 @@ Host {alias}
         except Exception:
             pass
         holder_ok = self._holder is not None and self._holder.alive()
-        if holder_ok and docker_ping(self.docker_socket_outside):
-            ids = self.docker("ps", "-q", check=False, timeout=20).stdout.split()
-            if ids:
-                self.docker("kill", *ids, check=False, timeout=30)
+        try:  # best effort: a hung dockerd must not keep us from killing everything below
+            if holder_ok and docker_ping(self.docker_socket_outside):
+                ids = self.docker("ps", "-q", check=False, timeout=20).stdout.split()
+                if ids:
+                    self.docker("kill", *ids, check=False, timeout=30)
+        except Exception:
+            pass
         for d in reversed(self._daemons):
             d.stop(timeout=30)
         if self._holder is not None:
