@@ -22,7 +22,7 @@ from oci.manifest import Desc
 from .errors import PusshError
 from .plan import Plan
 from .progress import UI
-from .remote import Server
+from .remote import Server, check_space, explain_failure
 from .source import ImageSource
 from .ssh import Connection
 
@@ -106,6 +106,7 @@ async def load_image(conn: Connection, server: Server, source: ImageSource, plan
         yield _header("manifest.json", len(mf)) + mf + _pad(len(mf)), None
         yield b"\0" * (2 * BLOCK), None
 
+    await check_space(conn, server, sum(l.size for l in sent))
     bar = ui.bar(f"{conn.label} docker load", sum(l.size for l in sent))
     proc = await conn.conn.create_process(shlex.join([*server.docker, "load", "-q"]), encoding=None,
                                           stderr=asyncssh.STDOUT)
@@ -127,7 +128,7 @@ async def load_image(conn: Connection, server: Server, source: ImageSource, plan
         last = (out.strip().splitlines() or [f"exit status {proc.exit_status}"])[-1]
         if "no space left" in out.lower():
             raise PusshError(f"{conn.label}: the server's disk is full (docker load: {last})")
-        raise PusshError(f"{conn.label}: docker load on the server failed: {last}")
+        raise await explain_failure(conn, server, PusshError(f"{conn.label}: docker load on the server failed: {last}"))
     bar.finish("loaded")
     result.blobs_sent += len(sent) + 1
     result.bytes_sent += sum(l.size for l in sent) + len(config_body)

@@ -74,7 +74,7 @@ def command(image: str, hosts: tuple[str, ...], ssh_keys, ssh_configs, platforms
             click.echo(r.summary())
         else:
             click.echo(f"pussh: {r.error}", err=True)
-    return 0 if all(r.ok for r in results) else 1
+    return max((r.exit_code or 1 for r in results if not r.ok), default=0)
 
 
 async def _main(ref: R.Reference, targets: list[Target], opts: PushOptions, ui: UI, containerd_socket: str | None,

@@ -53,6 +53,7 @@ class HostResult:
     platforms: list[str] = field(default_factory=list)
     digest: str | None = None
     sent: list[str] = field(default_factory=list)  # digests of the blobs sent
+    exit_code: int = 0
 
     def summary(self) -> str:
         if not self.ok:
@@ -80,10 +81,11 @@ async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, u
         await _connect_and_push(source, target, opts, ui, result)
         result.ok = True
     except PusshError as err:
-        result.error = str(err)
+        result.error, result.exit_code = str(err), err.exit_code
     except (aiohttp.ClientError, asyncssh.Error, OSError, asyncio.TimeoutError) as err:
         # The connection dropped mid-push; blobs already committed are skipped by the next run.
-        result.error = f"{target}: connection lost during the push ({err or type(err).__name__}); run it again to resume"
+        result.error = f"{target}: connection lost during the push ({str(err) or type(err).__name__}); run it again to resume"
+        result.exit_code = 1
     result.seconds = time.monotonic() - t0
     return result
 
@@ -115,7 +117,7 @@ async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptio
         try:
             # 5. HTTP to the registry over SSH channels of this one connection.
             async with conn.tunnel(container.port) as sock:
-                await _push_over_tunnel(source, plan, sock, container.port, token, opts, ui, result, label)
+                await _push_over_tunnel(conn, server, source, plan, sock, container.port, token, opts, ui, result)
         finally:
             # 9. Whatever happened (Ctrl-C included), the registry container goes.
             await _shielded(remote.stop_registry(conn, server, container))
@@ -123,8 +125,9 @@ async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptio
         await _shielded(conn.close())
 
 
-async def _push_over_tunnel(source: ImageSource, plan: Plan, sock: str, port: int, token: str, opts: PushOptions,
-                            ui: UI, result: HostResult, label: str) -> None:
+async def _push_over_tunnel(conn: ssh.Connection, server: remote.Server, source: ImageSource, plan: Plan, sock: str,
+                            port: int, token: str, opts: PushOptions, ui: UI, result: HostResult) -> None:
+    label = conn.label
     connector = aiohttp.UnixConnector(path=sock, limit=max(opts.jobs * 2, 8))
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.timeout, sock_read=max(opts.timeout, 120))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -137,7 +140,9 @@ async def _push_over_tunnel(source: ImageSource, plan: Plan, sock: str, port: in
             if here:
                 result.blobs_skipped += 1
                 result.bytes_skipped += b.size
-        ui.debug(f"{label}: {len(missing)} of {len(plan.blobs)} blobs to send ({human_bytes(sum(b.size for b in missing))})")
+        needed = sum(b.size for b in missing)
+        ui.debug(f"{label}: {len(missing)} of {len(plan.blobs)} blobs to send ({human_bytes(needed)})")
+        await remote.check_space(conn, server, needed)
 
         # 7. Upload the missing blobs, several in flight; each verified by digest on arrival.
         sem = asyncio.Semaphore(max(opts.jobs, 1))
@@ -151,7 +156,10 @@ async def _push_over_tunnel(source: ImageSource, plan: Plan, sock: str, port: in
                 result.bytes_sent += b.size
                 result.sent.append(b.digest)
 
-        await _all_or_nothing([send(b) for b in sorted(missing, key=lambda b: -b.size)])
+        try:
+            await _all_or_nothing([send(b) for b in sorted(missing, key=lambda b: -b.size)])
+        except PusshError as err:
+            raise await remote.explain_failure(conn, server, err) from err
         # Manifests bottom-up by digest; the tag last, so an interrupted push never leaves it half-made.
         for desc, body in plan.manifests[:-1]:
             await reg.put_manifest(desc.digest, desc.media_type, body)

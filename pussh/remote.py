@@ -20,6 +20,7 @@ REGISTRY_LABEL = "pussh.registry"
 CREATED_LABEL = "pussh.registry.created"
 LEFTOVER_AGE = 2 * 3600  # a registry container older than this belongs to a crashed run
 CONTAINER_SOCKET = "/run/containerd/containerd.sock"
+CONTENT_INGEST = "/var/lib/containerd/io.containerd.content.v1.content/ingest"
 READY_RE = re.compile(r"pussh-registry listening on http://([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
 
 # Tried in order when --remote-containerd-socket is not given.
@@ -48,6 +49,18 @@ class Server:
     containerd_store: bool  # Docker keeps images in containerd (driver-type io.containerd.snapshotter.v1)
     platform: Platform
     docker_version: str
+    docker_root: str = "/var/lib/docker"
+
+    @property
+    def sudo(self) -> tuple[str, ...]:
+        return ("sudo", "-n") if self.docker[:1] == ("sudo",) else ()
+
+    @property
+    def storage_paths(self) -> tuple[str, ...]:
+        """Where pushed bytes land first: containerd's ingest directory, or Docker's root (docker load)."""
+        if self.containerd_store:
+            return (CONTENT_INGEST, "/var/lib/containerd", self.docker_root)
+        return (self.docker_root,)
 
     @property
     def supports_zstd(self) -> bool:
@@ -80,7 +93,8 @@ async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | N
     status = dict((k, v) for k, v in (info.get("DriverStatus") or []) if isinstance(k, str))
     store = status.get("driver-type") == "io.containerd.snapshotter.v1"
     plat = Platform(str(info.get("OSType") or "linux"), normalize_arch(str(info.get("Architecture") or "").lower()))
-    return Server(docker, sockets[0], store, plat, str(info.get("ServerVersion") or ""))
+    return Server(docker, sockets[0], store, plat, str(info.get("ServerVersion") or ""),
+                  str(info.get("DockerRootDir") or "/var/lib/docker"))
 
 
 async def _docker_info(conn: Connection, docker: tuple[str, ...], explicit: bool) -> tuple[dict, tuple[str, ...]]:
@@ -123,6 +137,44 @@ def _info_problem(res, info: dict) -> str:
     if not res.ok or not info.get("ServerVersion"):
         return res.error_line()
     return ""
+
+
+async def free_bytes(conn: Connection, server: Server) -> int | None:
+    """Free space where the pushed bytes go first (the first of storage_paths that exists); None
+    when it cannot be told (no df, no permission)."""
+    script = 'for p in "$@"; do if [ -e "$p" ]; then exec df -P -k "$p"; fi; done; exit 1'
+    res = await conn.run([*server.sudo, "sh", "-c", script, "sh", *server.storage_paths])
+    lines = res.stdout.strip().splitlines()
+    if not res.ok or len(lines) < 2:
+        return None
+    fields = lines[-1].split()
+    try:
+        return int(fields[3]) * 1024
+    except (IndexError, ValueError):
+        return None
+
+
+async def check_space(conn: Connection, server: Server, needed: int) -> None:
+    """Refuse to start a push that cannot fit, rather than fail half-way through."""
+    free = await free_bytes(conn, server)
+    if free is not None and free < needed:
+        raise PusshError(f"{conn.label}: the server's disk is full: {needed >> 20} MiB to send, "
+                         f"{free >> 20} MiB free in {server.storage_paths[0]}")
+
+
+async def explain_failure(conn: Connection, server: Server, err: PusshError) -> PusshError:
+    """After a failed upload or load: a full disk is the likely cause when almost no space is left
+    (containerd reports ENOSPC by resetting its stream, so the registry may only see a bad digest)."""
+    if "disk is full" in str(err):
+        return err
+    try:
+        free = await free_bytes(conn, server)
+    except PusshError:
+        return err
+    if free is not None and free < 4 << 20:
+        return PusshError(f"{conn.label}: the server's disk is full ({free >> 10} KiB free in "
+                          f"{server.storage_paths[0]}); the push failed with: {str(err).split(': ', 1)[-1]}")
+    return err
 
 
 # -- the registry container --------------------------------------------------------------------

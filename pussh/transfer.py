@@ -28,11 +28,14 @@ async def send_registry_image(conn: Connection, server: Server, image: str, ui: 
         proc = await conn.conn.create_process(shlex.join([*server.docker, "load", "-q"]), encoding=None,
                                               stderr=asyncssh.STDOUT)
         try:
-            async for chunk in docker.export(image):
-                proc.stdin.write(chunk)
-                await proc.stdin.drain()
-                bar.advance(len(chunk))
-            proc.stdin.write_eof()
+            try:
+                async for chunk in docker.export(image):
+                    proc.stdin.write(chunk)
+                    await proc.stdin.drain()
+                    bar.advance(len(chunk))
+                proc.stdin.write_eof()
+            except (BrokenPipeError, ConnectionError, asyncssh.Error):
+                pass  # docker load stopped reading: its output below says why
             out = (await proc.stdout.read()).decode(errors="replace")
             await proc.wait_closed()
         finally:

@@ -15,7 +15,7 @@ from testbed.local import LocalHost
 from testbed.remote import RemoteHost
 
 pytestmark = pytest.mark.e2e
-REG = ("--registry-image", "pussh-registry:test")
+REG = ("-q", "--registry-image", "pussh-registry:test")  # -q: stderr holds just the error
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +138,7 @@ def test_registry_image_missing_on_both_sides(local, remote):
 
 def test_disk_full(local, remote):
     build_app_image(local, "big:1", [24], seed="big")
+    assert pussh(local, "-F", remote.ssh_config, *REG, "err:1", remote.alias).returncode == 0  # registry image there
     ingest = "/var/lib/containerd/io.containerd.content.v1.content/ingest"
     remote.run("mkdir", "-p", ingest)
     remote.run("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", ingest)
