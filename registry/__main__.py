@@ -39,6 +39,10 @@ ENV = {
     "shutdown_timeout": "PUSSH_REGISTRY_SHUTDOWN_TIMEOUT",
 }
 TOKEN_ENV = "PUSSH_REGISTRY_TOKEN"
+# aiohttp stops reading a request body once this much is buffered; its 64 KiB default made the
+# socket pause and resume hundreds of times per batch (measured: ~15 % slower uploads), while
+# much more only costs memory per upload (benchmarks/registry_throughput.py).
+READ_BUFSIZE = 1 << 20
 
 
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> argparse.Namespace:
@@ -114,7 +118,8 @@ def parse_listen(listen: str) -> tuple[str, int] | str:
 
 async def serve(config: Config, listen: tuple[str, int] | str, shutdown_timeout: float = 60.0) -> None:
     app = make_app(config)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout,
+                           read_bufsize=READ_BUFSIZE)
     await runner.setup()
     try:
         if isinstance(listen, str):

@@ -34,7 +34,7 @@ from oci import mediatypes as MT
 from oci import reference as R
 
 from . import errors as E
-from .ingest import Ingest
+from .ingest import Ingest, write_channel
 
 log = logging.getLogger("pussh.registry.storage")
 
@@ -108,6 +108,7 @@ class Storage:
         self.upload_expiry = upload_expiry
         self.lock_timeout = lock_timeout
         self._sessions: dict[str, Session] = {}
+        self._wchan = write_channel(ctr)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -128,6 +129,7 @@ class Storage:
             async with s.lock:
                 await self._end_stream(s)
         self._sessions.clear()
+        self._wchan.close()
 
     # -- blobs ---------------------------------------------------------------------------------
 
@@ -175,7 +177,7 @@ class Storage:
             self._sessions[upload_id] = session
             try:
                 # Opening the stream creates the ingest, so the upload is known from now on.
-                session.ingest = Ingest(self.ctr, ref, ref)
+                session.ingest = Ingest(self.ctr, ref, ref, self._wchan)
                 await session.ingest.open(lock_timeout=self.lock_timeout)
             except BaseException:
                 self._sessions.pop(upload_id, None)
@@ -217,7 +219,7 @@ class Storage:
                 except errors.NotFound:
                     self._sessions.pop(upload_id, None)
                     raise E.blob_upload_unknown(detail={"uuid": upload_id}) from None
-                s.ingest = Ingest(self.ctr, ref, ref)
+                s.ingest = Ingest(self.ctr, ref, ref, self._wchan)
                 await s.ingest.open(lock_timeout=self.lock_timeout)
             try:
                 yield s.ingest
@@ -231,7 +233,7 @@ class Storage:
             finally:
                 s.last_used = time.monotonic()
 
-    async def append(self, upload_id: str, chunks: AsyncIterator[bytes], start: int | None = None,
+    async def append(self, upload_id: str, chunks: AsyncIterator[list[bytes]], start: int | None = None,
                      length: int | None = None) -> int:
         """Append a PATCH body; with `start` (from Content-Range) it must continue at the offset."""
         async with self._stream(upload_id) as ingest:
@@ -247,7 +249,7 @@ class Storage:
                                  headers={"Range": _range_header(offset)})
         return offset
 
-    async def finish_upload(self, upload_id: str, digest: str, chunks: AsyncIterator[bytes] | None = None) -> int:
+    async def finish_upload(self, upload_id: str, digest: str, chunks: AsyncIterator[list[bytes]] | None = None) -> int:
         """Append the last bytes (if any) and commit as `digest`; containerd verifies it."""
         ref = self._ref(upload_id)
         async with self._stream(upload_id) as ingest:
@@ -445,7 +447,7 @@ class Storage:
         await asyncio.gather(*jobs)
 
     async def _write_small(self, ref: str, body: bytes, digest: str, labels: dict[str, str], lease: str) -> None:
-        ingest = Ingest(self.ctr, ref, lease)
+        ingest = Ingest(self.ctr, ref, lease, self._wchan)
         try:
             await ingest.open(expected=digest, lock_timeout=self.lock_timeout)
         except errors.AlreadyExists:
@@ -458,7 +460,7 @@ class Storage:
                 # but resuming a manifest is not worth the bookkeeping).
                 await ingest.abandon()
                 await self._discard_ingest(ref)
-                ingest = Ingest(self.ctr, ref, lease)
+                ingest = Ingest(self.ctr, ref, lease, self._wchan)
                 await ingest.open(expected=digest, lock_timeout=self.lock_timeout)
             await ingest.write(body)
             await ingest.commit(digest, labels)
