@@ -40,9 +40,10 @@ def _fmt(platforms: list[M.Platform]) -> str:
     return ", ".join(str(p) for p in platforms) or "none"
 
 
-async def make_plan(source: ImageSource, wanted: list[M.Platform], explicit: bool) -> Plan:
-    """`wanted`: the --platform values, or the server's platform (explicit=False)."""
-    root = source.root
+async def make_plan(source: ImageSource, wanted: list[M.Platform], explicit: bool, root: M.Desc | None = None) -> Plan:
+    """`wanted`: the --platform values, or the server's platform (explicit=False). `root`: the
+    descriptor to start from (default: the source's)."""
+    root = root or source.root
     body = await source.read_small(root.digest)
     parsed = M.parse(body, root.media_type)
     if not parsed.is_index:

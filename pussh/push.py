@@ -99,7 +99,10 @@ async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptio
         ui.debug(f"{label}: docker {server.docker_version} ({' '.join(server.docker)}), containerd at "
                  f"{server.containerd_socket}, {'containerd' if server.containerd_store else 'classic'} image store, "
                  f"{server.platform}")
-        plan = await make_plan(source, opts.platforms or [server.platform], explicit=bool(opts.platforms))
+        root = await source.resolve(zstd=server.supports_zstd)
+        ui.debug(f"{label}: local image {source.ref.familiar} {root.digest} from {source.description}"
+                 + (f" ({source.compressed_layers} layers compressed)" if hasattr(source, "compressed_layers") else ""))
+        plan = await make_plan(source, opts.platforms or [server.platform], explicit=bool(opts.platforms), root=root)
         result.platforms = [str(p) for p in plan.platforms]
         result.digest = plan.root.digest
         if not server.containerd_store:

@@ -19,6 +19,7 @@ class ImageSource(Protocol):
     root: Desc  # the descriptor the local name points at (an index or a manifest)
     description: str  # for messages: where the image is read from
 
+    async def resolve(self, zstd: bool) -> Desc: ...  # the root to push to a server (zstd: it takes zstd layers)
     async def read_small(self, digest: str) -> bytes: ...
     async def has(self, digest: str) -> bool: ...
     def opener(self, digest: str) -> Source: ...
@@ -66,6 +67,9 @@ class ContainerdSource:
         t = img.target
         return cls(client, ref, Desc(t.media_type, t.digest, t.size, annotations=dict(t.annotations)))
 
+    async def resolve(self, zstd: bool) -> Desc:
+        return self.root  # layers go as stored
+
     async def read_small(self, digest: str) -> bytes:
         return await self.client.content.read_all(digest)
 
@@ -83,7 +87,29 @@ class ContainerdSource:
 
 async def open_source(ref: R.Reference, *, socket_flag: str | None = None, namespace_flag: str | None = None,
                       docker_host: str | None = None, ui=None) -> ImageSource:
-    """Choose the local reader: containerd's content store when Docker uses it (or no Docker runs)."""
+    """Choose the local reader: containerd's content store when Docker uses it (or when no Docker
+    answers), Docker's export when Docker keeps the classic store."""
+    from .dockerapi import DockerAPI, DockerError, uses_containerd_store
+    from .source_classic import ClassicSource
+
     socket = containerd_address(socket_flag)
     namespace = containerd_namespace(namespace_flag)
-    return await ContainerdSource.open(ref, socket, namespace)
+    docker = DockerAPI(docker_host)
+    try:
+        info = await docker.info()
+    except DockerError:
+        info = None
+    if info is not None and not uses_containerd_store(info):
+        try:
+            return await ClassicSource.open(docker, ref)
+        except BaseException:
+            await docker.close()
+            raise
+    await docker.close()
+    try:
+        return await ContainerdSource.open(ref, socket, namespace)
+    except NoAccess as err:
+        if info is None:
+            raise PusshError(f"cannot read local images: {err}, and no Docker daemon answers") from None
+        raise PusshError(f"cannot read local images: {err}; run pussh as a user who may open it, or point "
+                         "CONTAINERD_ADDRESS / --containerd-socket at Docker's containerd") from None
