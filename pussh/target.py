@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
-_USER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.@-]*$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
+_USER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.@-]*\Z")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ LABEL_SUBJECT = "pussh.registry.subject"
 LABEL_ARTIFACT_TYPE = "pussh.registry.artifacttype"
 UNTAGGED_LEASE = "pussh-registry-untagged"
 UPLOAD_PREFIX = "pussh-upload-"
-_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}\Z")
 CONFIG_TYPES = frozenset({MT.OCI_CONFIG, MT.DOCKER_CONFIG})
 # Layers a registry is not expected to hold (Windows foreign layers): not required to exist.
 NONDISTRIBUTABLE = ("application/vnd.docker.image.rootfs.foreign.", "application/vnd.oci.image.layer.nondistributable.")
