@@ -53,3 +53,10 @@ def test_rejects(text, fragment):
 def test_str_round_trips(target, text):
     assert str(target) == text
     assert parse_target(text) == target
+
+
+
+@pytest.mark.parametrize("text", ["user\n@host", "ho\nst", "host\n:22"])
+def test_rejects_embedded_newline(text):
+    with pytest.raises(UsageError):
+        parse_target(text)
