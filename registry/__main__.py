@@ -24,7 +24,7 @@ from aiohttp import web
 from ctrd import DEFAULT_NAMESPACE, DEFAULT_SOCKET
 from ctrd import errors as CE
 
-from .app import Config, make_app
+from .app import INFLIGHT, Config, make_app
 
 log = logging.getLogger("pussh.registry")
 
@@ -145,9 +145,13 @@ async def serve(config: Config, listen: tuple[str, int] | str, shutdown_timeout:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("stopping: finishing requests in flight (up to %ss)", shutdown_timeout)
+        for s in list(runner.sites):
+            await s.stop()  # no new connections
+        if not await app[INFLIGHT].drain(shutdown_timeout):
+            log.warning("stopping: requests still in flight after %ss are cut off", shutdown_timeout)
     finally:
-        # Stops listening, lets handlers in flight finish, then closes the storage (which ends
-        # open write streams gracefully).
+        # Closes the connections (what is left of them), then the storage, which ends open write
+        # streams gracefully (their ingests keep the data until the upload's lease expires).
         await runner.cleanup()
 
 

@@ -2,6 +2,7 @@
 and the storage's life cycle."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -119,10 +120,57 @@ def _error_response(request: web.Request, err: E.RegistryError) -> web.Response:
     return web.json_response(err.body(), status=err.status, headers=headers)
 
 
+class InFlight:
+    """Requests being handled, so a shutdown can wait for them. aiohttp's own graceful shutdown
+    cannot be used for that: it marks every connection closing first, and a connection marked so
+    drops the rest of a request body that is still arriving (an upload in flight would hang)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new requests and wait for those in flight; False if some outlived `timeout`."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+
+INFLIGHT = web.AppKey("inflight", InFlight)
+
+
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Auth first (every request, /v2/ included), then the handler; spec errors become the
     spec's JSON; containerd being unreachable is a 503; only a bug is a 500."""
+    inflight = request.app[INFLIGHT]
+    if inflight.draining:
+        # Shutting down: a new request on a kept-alive connection is refused, not started.
+        resp = _error_response(request, E.unavailable("the registry is shutting down"))
+        resp.force_close()
+        return resp
+    inflight.enter()
+    try:
+        return await _handle(request, handler)
+    finally:
+        inflight.leave()
+
+
+async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[CONFIG].token
     try:
         if token is not None and not _authorized(request.headers.get("Authorization", ""), token):
@@ -157,7 +205,8 @@ async def _headers_on_stream(request: web.Request, resp: web.StreamResponse) -> 
 def make_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=1 << 20)
     app[CONFIG] = config
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app[INFLIGHT] = InFlight()
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)  # every path, even one with a %0A-decoded newline
     app.on_response_prepare.append(_headers_on_stream)
 
     async def storage_ctx(app: web.Application):

@@ -261,7 +261,9 @@ class Storage:
             except errors.AlreadyExists:
                 pass  # the same blob was committed meanwhile (by another upload): that is success
             except errors.ContainerdError as err:
-                if await self.ctr.content.exists(digest) is None:
+                # FailedPrecondition: the bytes are not `digest` (even if that blob exists already);
+                # anything else may be a lost status of a commit that did happen.
+                if isinstance(err, errors.FailedPrecondition) or await self.ctr.content.exists(digest) is None:
                     self._sessions.pop(upload_id, None)
                     await self._discard(ref)
                     raise E.digest_invalid(detail={"digest": digest, "reason": str(err)}) from None
