@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from ctrd import Containerd, Descriptor, errors
-from ctrd.labels import DISTRIBUTION_SOURCE, UNCOMPRESSED, gc_refs
+from ctrd.labels import DISTRIBUTION_SOURCE, GC_REF_CONTENT, UNCOMPRESSED, gc_refs
 from oci import digest as D
 from oci import manifest as M
 from oci import mediatypes as MT
@@ -141,10 +141,34 @@ class Storage:
         return self.ctr.content.read(digest, offset=offset, size=size)
 
     async def delete_blob(self, digest: str) -> None:
+        if await self.ctr.content.exists(digest) is None:
+            raise E.blob_unknown(detail={"digest": digest})
+        user = await self._user_of(digest)
+        if user is not None:  # the store is the host's: never pull a blob from under an image
+            raise E.denied(f"blob is in use by {user}", detail={"digest": digest})
         try:
             await self.ctr.content.delete(digest)
         except errors.NotFound:
             raise E.blob_unknown(detail={"digest": digest}) from None
+
+    async def _user_of(self, digest: str) -> str | None:
+        """An image (or the untagged lease) whose content graph reaches `digest`, following the GC
+        reference labels as containerd's collector does; None when nothing needs it."""
+        labels = {i.digest: i.labels for i in await self.ctr.content.list()}
+        roots = [(img.name, img.target.digest) for img in await self.ctr.images.list()]
+        with contextlib.suppress(errors.NotFound):
+            roots += [(f"the untagged manifest {d}", d) for t, d in await self.ctr.leases.list_resources(UNTAGGED_LEASE)
+                      if t == "content" and d != digest]
+        for name, root in roots:
+            todo, seen = [root], set()
+            while todo:
+                d = todo.pop()
+                if d == digest:
+                    return name
+                if d not in seen:
+                    seen.add(d)
+                    todo += [v for k, v in labels.get(d, {}).items() if k.startswith(GC_REF_CONTENT)]
+        return None
 
     async def mount(self, digest: str) -> int | None:
         """Blobs are shared by the namespace, so a mount is a lookup; the blob is leased for the
@@ -261,9 +285,12 @@ class Storage:
             except errors.AlreadyExists:
                 pass  # the same blob was committed meanwhile (by another upload): that is success
             except errors.ContainerdError as err:
-                # FailedPrecondition: the bytes are not `digest` (even if that blob exists already);
-                # anything else may be a lost status of a commit that did happen.
-                if isinstance(err, errors.FailedPrecondition) or await self.ctr.content.exists(digest) is None:
+                # grpclib often loses the status (StreamReset), so ask containerd what happened: a
+                # commit that did happen (or found the blob there) took the ingest away, and the blob
+                # has the size written. A refused commit (the bytes are not `digest`, even when that
+                # blob exists) leaves the ingest.
+                info = await self.ctr.content.exists(digest)
+                if info is None or info.size != ingest.offset or await self._ingest_exists(ref):
                     self._sessions.pop(upload_id, None)
                     await self._discard(ref)
                     raise E.digest_invalid(detail={"digest": digest, "reason": str(err)}) from None
@@ -275,6 +302,13 @@ class Storage:
         if size is None:  # collected in between: only possible with a tiny expiry
             raise E.blob_upload_invalid("blob vanished right after its commit")
         return size
+
+    async def _ingest_exists(self, ref: str) -> bool:
+        try:
+            await self.ctr.content.status(ref)
+            return True
+        except errors.NotFound:
+            return False
 
     async def cancel_upload(self, upload_id: str) -> None:
         if not _UPLOAD_ID.match(upload_id):
@@ -485,19 +519,17 @@ class Storage:
     async def delete_manifest(self, repo: str, reference: str) -> None:
         if ":" in reference:
             digest = _manifest_digest(reference)
-            if await self.ctr.content.exists(digest) is None:
-                raise E.manifest_unknown(detail={"digest": digest})
+            await self.resolve(repo, reference, with_body=False)  # MANIFEST_UNKNOWN unless a manifest
             images = await self.ctr.images.list()
             for img in images:
                 parsed = repository_of(img.name)
                 if img.target.digest == digest and parsed and image_name(repo, parsed[1]) == img.name:
                     with contextlib.suppress(errors.NotFound):
                         await self.ctr.images.delete(img.name)
-            # Other repositories' tags may still point at it: then only this repository lets go.
-            still = [i for i in await self.ctr.images.list() if i.target.digest == digest]
+            # Other repositories' tags, or an index, may still need it: then only this repository lets go.
             with contextlib.suppress(errors.ContainerdError):
                 await self.ctr.leases.delete_resource(UNTAGGED_LEASE, digest)
-            if not still:
+            if await self._user_of(digest) is None:
                 with contextlib.suppress(errors.NotFound):
                     await self.ctr.content.delete(digest)
             return
