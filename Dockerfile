@@ -1,6 +1,9 @@
 # pussh-registry: an OCI distribution registry whose storage is the host's containerd.
 #
 #   docker build --network host -t pussh-registry:0.1.0 .     (the build reaches PyPI)
+#   behind a TLS-inspecting proxy, hand pip the CA bundle as a build secret:
+#   docker build --network host --secret id=pipcert,src=/etc/ssl/certs/ca-certificates.crt -t ... .
+#   (and --build-arg PIP_INDEX_URL=... for a mirror)
 #   docker run -d -p 5000:5000 -v /run/containerd/containerd.sock:/run/containerd/containerd.sock pussh-registry:0.1.0
 #
 # Options come as arguments after the image name (`--listen 127.0.0.1:0 --namespace moby`) or as
@@ -11,6 +14,7 @@
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
+ARG PIP_INDEX_URL=https://pypi.org/simple
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml /src/
 COPY ctrd /src/ctrd
@@ -19,10 +23,12 @@ COPY proto /src/proto
 COPY registry /src/registry
 # Only what the registry imports (the client's SSH/UI dependencies stay out of the image), with the
 # versions pyproject pins; a venv, because a distribution's own python3 refuses system-wide pip.
-RUN python3 -m venv /opt/pussh \
+RUN --mount=type=secret,id=pipcert,required=false \
+    if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+ && python3 -m venv /opt/pussh \
  && python3 -c "import tomllib; deps = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if d.split('>')[0].split('=')[0].strip() in ('aiohttp', 'grpclib', 'protobuf')))" > /tmp/requirements.txt \
- && /opt/pussh/bin/pip install -q -r /tmp/requirements.txt \
- && /opt/pussh/bin/pip install -q --no-deps /src \
+ && /opt/pussh/bin/pip install -q --index-url "$PIP_INDEX_URL" -r /tmp/requirements.txt \
+ && /opt/pussh/bin/pip install -q --index-url "$PIP_INDEX_URL" --no-deps /src \
  && rm -rf /src /tmp/requirements.txt /root/.cache \
  && /opt/pussh/bin/pussh-registry --help > /dev/null
 
