@@ -568,3 +568,94 @@ async def test_token_auth(ctr_socket, namespace):
         assert status == 200
         reg.headers = {"Authorization": f"Bearer {token}"}
         await reg.push_blob("authed", b"payload")
+
+
+# -- races, interruptions, junk ---------------------------------------------------------------------
+
+async def test_concurrent_puts_of_one_manifest(reg, ctr):
+    """Same manifest, same tag, at once: the manifest's ingest is locked by the first writer and
+    the others wait for it (or find the content committed): every PUT succeeds."""
+    img = hand_image("samemanifest")
+    for blob in img.blobs():
+        await reg.push_blob("same", blob)
+    results = await asyncio.gather(*(reg.call("PUT", f"/v2/same/manifests/{ref}", data=img.body,
+                                              headers={"Content-Type": img.media_type})
+                                     for ref in ["1"] * 4 + [img.digest] * 2))
+    assert [r[0] for r in results] == [201] * 6, results
+    assert (await ctr.images.get("docker.io/library/same:1")).target.digest == img.digest
+
+
+async def test_client_gone_mid_patch_then_resume(reg, ctr):
+    """A PATCH cut off mid-body: what containerd acknowledged stays; the client learns the offset
+    from the status endpoint, continues from there, and the digest checks out at the end."""
+    data = os.urandom(16 << 20)
+    _, headers, _ = await reg.call("POST", "/v2/resume/blobs/uploads/")
+    loc = headers["Location"]
+    host, port = reg.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                 f"Content-Length: {len(data)}\r\n\r\n".encode())
+    cut = 9 << 20
+    for i in range(0, cut, 1 << 20):
+        writer.write(data[i:i + (1 << 20)])
+        await writer.drain()
+    await asyncio.sleep(0.5)
+    writer.transport.abort()  # the client dies
+    offset = -1
+    for _ in range(100):  # the registry notices, containerd finishes what it got
+        status, headers, _ = await reg.call("GET", loc)
+        assert status == 204
+        new = int(headers["Range"].split("-")[1]) + 1
+        if new == offset:
+            break
+        offset = new
+        await asyncio.sleep(0.1)
+    assert 0 < offset <= cut
+    status, headers, body = await reg.call("PATCH", loc, data=data[offset:],
+                                           headers={"Content-Range": f"{offset}-{len(data) - 1}"})
+    assert status == 202, body
+    status, _, body = await reg.call("PUT", f"{loc}?digest={sha(data)}")
+    assert status == 201, body
+    assert (await ctr.content.info(sha(data))).size == len(data)
+
+
+async def test_concurrent_patches_of_one_upload_take_turns(reg):
+    """Two PATCHes to one upload at once: they run one after the other (the upload's lock), and
+    the one whose Content-Range no longer fits gets 416 with the current Range: nothing is lost."""
+    a, b = os.urandom(3 << 20), os.urandom(3 << 20)
+    _, headers, _ = await reg.call("POST", "/v2/turns/blobs/uploads/")
+    loc = headers["Location"]
+    r1, r2 = await asyncio.gather(
+        reg.call("PATCH", loc, data=a, headers={"Content-Range": f"0-{len(a) - 1}"}),
+        reg.call("PATCH", loc, data=b, headers={"Content-Range": f"0-{len(b) - 1}"}))
+    assert sorted([r1[0], r2[0]]) == [202, 416]
+    winner = a if r1[0] == 202 else b
+    loser = r2 if r1[0] == 202 else r1
+    assert loser[1]["Range"] == f"0-{len(winner) - 1}"
+    status, _, _ = await reg.call("PUT", f"{loc}?digest={sha(winner)}")
+    assert status == 201
+
+
+async def test_junk_never_gets_a_500(reg):
+    """Malformed input across every endpoint: client errors (4xx), never a server error."""
+    import random
+
+    rng = random.Random(1234)
+    names = ["a", "A", "a/b", "", "..", "a%2Fb", "x" * 300, "_catalog", "a/blobs", "ü"]
+    digests = ["sha256:" + "0" * 64, "sha256:", "sha256:xyz", "md5:abc", "", "sha512:" + "f" * 128, "%00", "a" * 500]
+    tails = (["blobs/{d}", "blobs/uploads/", "blobs/uploads/{u}", "manifests/{d}", "manifests/{t}", "tags/list",
+              "referrers/{d}"])
+    uploads = ["0" * 32, "zz", "", "%2e%2e", "f" * 32 + "/x"]
+    tags = ["latest", "-bad", "a" * 200, "t:t", "%20"]
+    bodies = [b"", b"{}", b"null", b"[", os.urandom(64), json.dumps({"schemaVersion": 2}).encode(),
+              json.dumps({"schemaVersion": 2, "mediaType": MT.OCI_INDEX, "manifests": [{"digest": "x"}]}).encode()]
+    headers_pool = [{}, {"Content-Range": "5-1"}, {"Content-Range": "bytes=0-0/1"}, {"Range": "bytes=9-1"},
+                    {"Content-Type": "application/vnd.oci.image.index.v1+json"}, {"Content-Range": "0-99999999999999999999"},
+                    {"Range": "bytes=-"}]
+    queries = ["", "?digest={d}", "?mount={d}&from=x", "?n=x", "?n=-5&last=", "?artifactType=%00", "?digest="]
+    for _ in range(300):
+        tail = rng.choice(tails).format(d=rng.choice(digests), u=rng.choice(uploads), t=rng.choice(tags))
+        path = f"/v2/{rng.choice(names)}/{tail}" + rng.choice(queries).format(d=rng.choice(digests))
+        method = rng.choice(["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"])
+        status, _, body = await reg.call(method, path, data=rng.choice(bodies), headers=rng.choice(headers_pool))
+        assert status < 500, (method, path, status, body)
