@@ -80,7 +80,7 @@ def command(image: str, hosts: tuple[str, ...], ssh_keys, ssh_configs, platforms
 async def _main(ref: R.Reference, targets: list[Target], opts: PushOptions, ui: UI, containerd_socket: str | None,
                 containerd_namespace: str | None, docker_host: str | None) -> list[HostResult]:
     source: ImageSource = await open_source(ref, socket_flag=containerd_socket, namespace_flag=containerd_namespace,
-                                            docker_host=docker_host, ui=ui)
+                                            docker_host=docker_host, registry_image=opts.registry_image)
     try:
         with ui:
             return list(await asyncio.gather(*(push_to_host(source, t, opts, ui) for t in targets)))
@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None, prog_name: str = "pussh") -> int:
     except click.Abort:
         click.echo(f"{prog_name}: interrupted", err=True)
         rc = EXIT_INTERRUPTED
+    except Exception as err:  # a bug: still one line, the traceback on request
+        if os.environ.get("PUSSH_DEBUG"):
+            raise
+        click.echo(f"{prog_name}: unexpected error: {type(err).__name__}: {err} (PUSSH_DEBUG=1 shows the traceback)",
+                   err=True)
+        rc = 1
     return int(rc or 0)
 
 

@@ -1,6 +1,7 @@
 """A few calls of the local Docker Engine API (aiohttp over the unix socket; DOCKER_HOST honoured)."""
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -72,6 +73,50 @@ class DockerAPI:
                 raise DockerError(await self._message(resp), resp.status)
             async for data in resp.content.iter_chunked(chunk):
                 yield data
+
+
+    async def _post(self, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201, 204)) -> Any:
+        async with self._session.post(self._base + API + path, json=body) as resp:
+            if resp.status not in ok:
+                raise DockerError(await self._message(resp), resp.status)
+            return await resp.json() if resp.content_type == "application/json" else None
+
+    async def run_detached(self, image: str, cmd: list[str], *, env: list[str], binds: list[str],
+                           labels: dict[str, str], network: str = "host") -> str:
+        """`docker run -d` through the API (the environment stays out of any argv); returns the ID."""
+        created = await self._post("/containers/create", {
+            "Image": image, "Cmd": cmd, "Env": env, "Labels": labels,
+            "HostConfig": {"Binds": binds, "NetworkMode": network, "AutoRemove": False}})
+        cid = created["Id"]
+        try:
+            await self._post(f"/containers/{cid}/start")
+        except BaseException:
+            await self.remove(cid)
+            raise
+        return cid
+
+    async def follow_logs(self, cid: str) -> AsyncIterator[str]:
+        """Lines of a container's stdout and stderr (non-TTY multiplexed stream), following."""
+        url = self._base + API + f"/containers/{cid}/logs?follow=1&stdout=1&stderr=1"
+        async with self._session.get(url) as resp:
+            if resp.status != 200:
+                raise DockerError(await self._message(resp), resp.status)
+            buf = b""
+            while True:
+                try:
+                    header = await resp.content.readexactly(8)
+                    frame = await resp.content.readexactly(int.from_bytes(header[4:8], "big"))
+                except asyncio.IncompleteReadError:
+                    return
+                buf += frame
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace")
+
+    async def remove(self, cid: str) -> None:
+        async with self._session.delete(self._base + API + f"/containers/{cid}?force=1&v=1") as resp:
+            if resp.status not in (204, 404):
+                raise DockerError(await self._message(resp), resp.status)
 
 
 def uses_containerd_store(info: dict[str, Any]) -> bool:

@@ -20,7 +20,7 @@ from .classic import load_image
 from .errors import PusshError
 from .plan import Plan, make_plan
 from .progress import UI, human_bytes
-from .source import ImageSource
+from .source import ImageSource, repository_path
 from .target import Target
 from .transfer import send_registry_image
 from .upload import Registry
@@ -66,12 +66,6 @@ class HostResult:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
-
-
-def repository_path(ref: R.Reference) -> str:
-    """The registry repository to push to: the registry names the containerd image like Docker does,
-    so docker.io/library/myapp is pushed as library/myapp and ghcr.io/x/y keeps its domain."""
-    return ref.path if ref.domain == R.DEFAULT_DOMAIN else f"{ref.domain}/{ref.path}"
 
 
 async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, ui: UI) -> HostResult:

@@ -30,6 +30,12 @@ class NoAccess(PusshError):
     """The local image store exists but this user may not open it (e.g. the containerd socket)."""
 
 
+def repository_path(ref: R.Reference) -> str:
+    """The registry repository for a reference: the registry names the containerd image like Docker
+    does, so docker.io/library/myapp is pushed as library/myapp and ghcr.io/x/y keeps its domain."""
+    return ref.path if ref.domain == R.DEFAULT_DOMAIN else f"{ref.domain}/{ref.path}"
+
+
 def containerd_address(flag: str | None = None) -> str:
     return flag or os.environ.get("CONTAINERD_ADDRESS") or ctrd.DEFAULT_SOCKET
 
@@ -86,7 +92,7 @@ class ContainerdSource:
 
 
 async def open_source(ref: R.Reference, *, socket_flag: str | None = None, namespace_flag: str | None = None,
-                      docker_host: str | None = None, ui=None) -> ImageSource:
+                      docker_host: str | None = None, registry_image: str | None = None) -> ImageSource:
     """Choose the local reader: containerd's content store when Docker uses it (or when no Docker
     answers), Docker's export when Docker keeps the classic store."""
     from .dockerapi import DockerAPI, DockerError, uses_containerd_store
@@ -105,11 +111,17 @@ async def open_source(ref: R.Reference, *, socket_flag: str | None = None, names
         except BaseException:
             await docker.close()
             raise
-    await docker.close()
     try:
-        return await ContainerdSource.open(ref, socket, namespace)
-    except NoAccess as err:
-        if info is None:
-            raise PusshError(f"cannot read local images: {err}, and no Docker daemon answers") from None
-        raise PusshError(f"cannot read local images: {err}; run pussh as a user who may open it, or point "
-                         "CONTAINERD_ADDRESS / --containerd-socket at Docker's containerd") from None
+        try:
+            source: ImageSource = await ContainerdSource.open(ref, socket, namespace)
+        except NoAccess as err:
+            if info is None or not registry_image:
+                raise PusshError(f"cannot read local images: {err}, and no Docker daemon answers") from None
+            # In the docker group but not allowed on containerd's socket: read through a helper container.
+            from .source_helper import HelperSource
+            return await HelperSource.open(docker, ref, registry_image, socket, namespace, repository_path(ref))
+    except BaseException:
+        await docker.close()
+        raise
+    await docker.close()
+    return source
