@@ -273,13 +273,21 @@ class Storage:
                                  headers={"Range": _range_header(offset)})
         return offset
 
-    async def finish_upload(self, upload_id: str, digest: str, chunks: AsyncIterator[list[bytes]] | None = None) -> int:
+    async def finish_upload(self, upload_id: str, digest: str, chunks: AsyncIterator[list[bytes]] | None = None,
+                            start: int | None = None, length: int | None = None) -> int:
         """Append the last bytes (if any) and commit as `digest`; containerd verifies it."""
         ref = self._ref(upload_id)
         async with self._stream(upload_id) as ingest:
+            if start is not None and start != ingest.offset:
+                raise E.range_invalid(f"chunk starts at {start}, upload is at {ingest.offset}",
+                                      upload_range=_range_header(ingest.offset))
+            before = ingest.offset
             if chunks is not None:
                 async for chunk in chunks:
                     await ingest.write(chunk)
+            if length is not None and await ingest.flush() - before != length:
+                raise E.size_invalid(f"chunk carried {ingest.offset - before} bytes, its range says {length}",
+                                     headers={"Range": _range_header(ingest.offset)})
             try:
                 await ingest.commit(digest, labels={})
             except errors.AlreadyExists:

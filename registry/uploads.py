@@ -103,8 +103,9 @@ async def patch(request: web.Request) -> web.StreamResponse:
 async def finish(request: web.Request) -> web.StreamResponse:
     name, upload_id = param(request, "name"), param(request, "uuid")
     digest = blob_digest(request.query.get("digest"))
+    start, length = _chunk_range(request)  # a last chunk may come with the PUT
     chunks = batched(request.content) if _has_body(request) else None
-    await storage(request).finish_upload(upload_id, digest, chunks)
+    await storage(request).finish_upload(upload_id, digest, chunks, start, length)
     return _created(name, digest)
 
 

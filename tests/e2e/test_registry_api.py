@@ -112,6 +112,17 @@ async def test_upload_chunked_with_status(reg):
         assert status == 204 and headers["Range"] == f"0-{end}"
     status, headers, _ = await reg.call("PUT", f"{loc}?digest={sha(data)}")
     assert status == 201
+    # the last chunk may ride on the PUT, with its Content-Range checked too
+    more = os.urandom(1000)
+    _, headers, _ = await reg.call("POST", "/v2/chunky/blobs/uploads/")
+    loc = headers["Location"]
+    await reg.call("PATCH", loc, data=more[:600], headers={"Content-Range": "0-599"})
+    status, headers, body = await reg.call("PUT", f"{loc}?digest={sha(more)}", data=more[600:],
+                                           headers={"Content-Range": "500-899"})
+    assert status == 416 and error_code(body) == "BLOB_UPLOAD_INVALID" and headers["Range"] == "0-599"
+    status, _, _ = await reg.call("PUT", f"{loc}?digest={sha(more)}", data=more[600:],
+                                  headers={"Content-Range": "600-999"})
+    assert status == 201
     _, _, body = await reg.call("GET", f"/v2/chunky/blobs/{sha(data)}")
     assert body == data
 
