@@ -300,44 +300,15 @@ ONE_SECOND = timedelta(seconds=1)
 
 # -- the registry's Docker image -------------------------------------------------------------------
 
-PYBASE_TAR = Path("/var/cache/pussh-testbed/pybase-bookworm.tar")
 PYBASE_IMAGE = "pussh-test/pybase:bookworm"
 
 
-def python_base_tar() -> Path:
-    """A Debian bookworm rootfs with python3 and python3-venv (debootstrap from the Debian mirror
-    this machine uses; no container registry), cached across runs as a tarball."""
-    import fcntl
-    import tempfile
-
-    PYBASE_TAR.parent.mkdir(parents=True, exist_ok=True)
-    with open(PYBASE_TAR.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time across test processes
-        if PYBASE_TAR.exists():
-            return PYBASE_TAR
-        if not shutil.which("debootstrap"):
-            pytest.fail("debootstrap is not installed: run scripts/install-system.sh")
-        mirror = "http://deb.debian.org/debian"
-        with tempfile.TemporaryDirectory(prefix="pybase-") as tmp:
-            root = Path(tmp) / "rootfs"
-            cp = subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv", "bookworm",
-                                 str(root), mirror], capture_output=True, text=True, timeout=1800)
-            if cp.returncode != 0:
-                pytest.fail(f"debootstrap failed: {cp.stdout[-2000:]}{cp.stderr[-2000:]}")
-            for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man",
-                         "usr/share/locale"):
-                subprocess.run(["sh", "-c", f"rm -rf {root / junk}/*"], check=False)
-            part = PYBASE_TAR.with_suffix(".part")
-            subprocess.run(["tar", "--numeric-owner", "-C", str(root), "--exclude=./dev/*", "--exclude=./proc/*",
-                            "--exclude=./sys/*", "-cf", str(part), "."], check=True, timeout=600)
-            part.rename(PYBASE_TAR)
-    return PYBASE_TAR
-
-
 def import_python_base(host) -> str:
-    """The base image on `host` (docker import of the cached rootfs), for BASE_IMAGE."""
+    """A Debian bookworm + python3 base on `host` for BASE_IMAGE: `docker import` of the rootfs the
+    pussh tests debootstrap and cache (one debootstrap for the whole suite; nothing is pulled)."""
+    from pussh_support import python_base_tar
+
     if not host.has_image(PYBASE_IMAGE):
-        tar = python_base_tar()
-        host.docker("import", "-c", "ENV LANG=C.UTF-8", "-c", 'CMD ["python3"]', str(tar), PYBASE_IMAGE,
-                    timeout=600)
+        host.docker("import", "-c", "ENV LANG=C.UTF-8", "-c", 'CMD ["python3"]', str(python_base_tar()),
+                    PYBASE_IMAGE, timeout=600)
     return PYBASE_IMAGE
