@@ -670,3 +670,31 @@ async def test_junk_never_gets_a_500(reg):
         method = rng.choice(["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"])
         status, _, body = await reg.call(method, path, data=rng.choice(bodies), headers=rng.choice(headers_pool))
         assert status < 500, (method, path, status, body)
+
+
+async def test_idle_upload_stream_is_ended_and_reopened(ctr_socket, namespace, ctr, monkeypatch):
+    """An upload that goes quiet has its write stream ended (the ingest stays, unlocked: another
+    writer can open it); its next request reopens the ingest where it stood, waiting for the lock
+    if someone else holds it."""
+    import registry.storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "SESSION_IDLE", 0.3)
+    data = os.urandom(2 << 20)
+    half = 1 << 20
+    async with serve(ctr_socket, namespace) as reg:
+        _, headers, _ = await reg.call("POST", "/v2/idle/blobs/uploads/")
+        loc, uid = headers["Location"], headers["Docker-Upload-UUID"]
+        status, _, _ = await reg.call("PATCH", loc, data=data[:half], headers={"Content-Range": f"0-{half - 1}"})
+        assert status == 202
+        ref = storage_mod.UPLOAD_PREFIX + uid
+        with pytest.raises(Exception):  # while the registry holds the stream, the ingest is locked
+            async with ctr.content.writer(ref) as w:
+                await w.stat()
+        await asyncio.sleep(1.0)
+        async with ctr.content.writer(ref) as w:  # swept: free to open, at the same offset
+            assert await w.stat() == half
+        status, headers, _ = await reg.call("PATCH", loc, data=data[half:],
+                                            headers={"Content-Range": f"{half}-{len(data) - 1}"})
+        assert status == 202
+        status, _, body = await reg.call("PUT", f"{loc}?digest={sha(data)}")
+        assert status == 201, body
