@@ -33,6 +33,12 @@ class Bar:
         if self.task is not None and self.ui.progress is not None:
             self.ui.progress.update(self.task, completed=self.done_bytes)
 
+    def discard(self) -> None:
+        """Take the bar away without a line (the transfer failed; the error says why)."""
+        if self.task is not None and self.ui.progress is not None:
+            self.ui.progress.remove_task(self.task)
+            self.task = None
+
     def finish(self, verb: str = "sent") -> None:
         secs = max(time.monotonic() - self.t0, 1e-6)
         if self.task is not None and self.ui.progress is not None:

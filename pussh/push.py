@@ -93,24 +93,26 @@ async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptio
         ui.debug(f"{label}: docker {server.docker_version} ({' '.join(server.docker)}), containerd at "
                  f"{server.containerd_socket}, {'containerd' if server.containerd_store else 'classic'} image store, "
                  f"{server.platform}")
-        root = await source.resolve(zstd=server.supports_zstd)
-        ui.debug(f"{label}: local image {source.ref.familiar} {root.digest} from {source.description}"
-                 + (f" ({source.compressed_layers} layers compressed)" if hasattr(source, "compressed_layers") else ""))
-        plan = await make_plan(source, opts.platforms or [server.platform], explicit=bool(opts.platforms), root=root)
-        result.platforms = [str(p) for p in plan.platforms]
-        result.digest = plan.root.digest
-        if not server.containerd_store:
-            # 8. Classic store: straight into Docker with `docker load`, only the layers it lacks (see classic.py).
-            await load_image(conn, server, source, plan, source.ref.familiar, ui, result)
-            return
-
-        # 4. The registry container on the server's loopback, with a per-push token.
-        await remote.remove_leftovers(conn, server)
-        if not await remote.has_image(conn, server, opts.registry_image):
-            await send_registry_image(conn, server, opts.registry_image, ui)
+        # 4. Containerd store: start the registry container (loopback, free port, per-push token) right
+        #    away; it takes a second to come up, and meanwhile the local side works out what to send.
         token = secrets.token_urlsafe(32)
-        container = await remote.start_registry(conn, server, opts.registry_image, token, REGISTRY_NAMESPACE,
-                                                timeout=opts.timeout)
+        starting = asyncio.ensure_future(_start_registry(conn, server, opts, token, ui)) if server.containerd_store else None
+        try:
+            root = await source.resolve(zstd=server.supports_zstd)
+            ui.debug(f"{label}: local image {source.ref.familiar} {root.digest} from {source.description}"
+                     + (f" ({source.compressed_layers} layers compressed)" if hasattr(source, "compressed_layers") else ""))
+            plan = await make_plan(source, opts.platforms or [server.platform], explicit=bool(opts.platforms), root=root)
+            result.platforms = [str(p) for p in plan.platforms]
+            result.digest = plan.root.digest
+            if starting is None:
+                # 8. Classic store: straight into Docker with `docker load`, only the layers it lacks (classic.py).
+                await load_image(conn, server, source, plan, source.ref.familiar, ui, result)
+                return
+            container = await asyncio.shield(starting)
+        except BaseException:
+            if starting is not None:  # let a registry that is still starting come up, then remove it
+                await _shielded(_remove_once_started(conn, server, starting))
+            raise
         try:
             # 5. HTTP to the registry over SSH channels of this one connection.
             async with conn.tunnel(container.port) as sock:
@@ -120,6 +122,23 @@ async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptio
             await _shielded(remote.stop_registry(conn, server, container))
     finally:
         await _shielded(conn.close())
+
+
+async def _start_registry(conn: ssh.Connection, server: remote.Server, opts: PushOptions, token: str,
+                          ui: UI) -> remote.RegistryContainer:
+    await remote.remove_leftovers(conn, server)
+    if not await remote.has_image(conn, server, opts.registry_image):
+        await send_registry_image(conn, server, opts.registry_image, ui)
+    return await remote.start_registry(conn, server, opts.registry_image, token, REGISTRY_NAMESPACE,
+                                       timeout=opts.timeout)
+
+
+async def _remove_once_started(conn: ssh.Connection, server: remote.Server, starting: asyncio.Future) -> None:
+    try:
+        container = await starting
+    except BaseException:
+        return  # it never started (start_registry removes a container that failed to come up)
+    await remote.stop_registry(conn, server, container)
 
 
 async def _push_over_tunnel(conn: ssh.Connection, server: remote.Server, source: ImageSource, plan: Plan, sock: str,
@@ -147,7 +166,11 @@ async def _push_over_tunnel(conn: ssh.Connection, server: remote.Server, source:
         async def send(b) -> None:
             async with sem:
                 bar = ui.bar(f"{label} {b.digest[7:19]}", b.size)
-                await reg.upload_blob(b.digest, b.size, source.opener(b.digest), bar.advance)
+                try:
+                    await reg.upload_blob(b.digest, b.size, source.opener(b.digest), bar.advance)
+                except BaseException:
+                    bar.discard()
+                    raise
                 bar.finish()
                 result.blobs_sent += 1
                 result.bytes_sent += b.size

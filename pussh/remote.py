@@ -183,6 +183,22 @@ async def explain_failure(conn: Connection, server: Server, err: PusshError) -> 
 class RegistryContainer:
     id: str
     port: int
+    # The exec channel that started the container and now waits on its stdin: closing it (or the SSH
+    # connection dying, even with pussh killed) makes it remove the container.
+    keeper: asyncssh.SSHClientProcess | None = None
+
+
+# Start the registry and keep it only as long as this SSH session lives: the token comes as the
+# first stdin line (never in an argv), the container ID goes to stdout, then the script waits for
+# stdin to close and removes the container.
+_KEEPER = """
+IFS= read -r token || exit 3
+docker=$1; shift
+cid=$(printf 'PUSSH_REGISTRY_TOKEN=%s\n' "$token" | "$@") || exit 4
+echo "cid=$cid"
+cat >/dev/null
+eval "$docker" rm -f "$cid" >/dev/null
+"""
 
 
 async def remove_leftovers(conn: Connection, server: Server) -> None:
@@ -209,22 +225,30 @@ async def has_image(conn: Connection, server: Server, image: str) -> bool:
 
 async def start_registry(conn: Connection, server: Server, image: str, token: str, namespace: str,
                          timeout: float = 30.0) -> RegistryContainer:
-    """Run the registry on the server's 127.0.0.1 (free port), token passed on stdin (never argv),
-    containerd socket mounted; wait for its "listening" line and return the port."""
+    """Run the registry on the server's 127.0.0.1 (free port), the containerd socket mounted, the
+    token through --env-file /dev/stdin; wait for its "listening" line and return the port."""
     argv = [*server.docker, "run", "-d", "--pull", "never", "--network", "host",
             "--label", f"{REGISTRY_LABEL}=1", "--label", f"{CREATED_LABEL}={int(time.time())}",
             "--env-file", "/dev/stdin", "-v", f"{server.containerd_socket}:{CONTAINER_SOCKET}",
             image, "--listen", "127.0.0.1:0", "--namespace", namespace]
-    res = await conn.run(argv, input=f"PUSSH_REGISTRY_TOKEN={token}\n")
-    if not res.ok:
-        msg = res.error_line()
-        if "No such image" in msg or "not found" in msg.lower() and image in msg:
+    cmd = shlex.join(["sh", "-c", _KEEPER, "sh", shlex.join(server.docker), *argv])
+    keeper = await conn.conn.create_process(cmd)
+    try:
+        keeper.stdin.write(token + "\n")
+        line = await asyncio.wait_for(keeper.stdout.readline(), timeout)
+    except BaseException:
+        keeper.close()
+        raise
+    if not line.startswith("cid="):
+        err = (await keeper.stderr.read()).strip().splitlines()
+        keeper.close()
+        msg = err[-1] if err else "no output"
+        if "No such image" in msg or ("not found" in msg.lower() and image in msg):
             raise PusshError(f"{conn.label}: the registry image {image} is not on the server")
         raise PusshError(f"{conn.label}: cannot start the registry container: {msg}")
-    cid = res.stdout.strip().splitlines()[-1]
-    container = RegistryContainer(cid, 0)
+    container = RegistryContainer(line[4:].strip(), 0, keeper)
     try:
-        container.port = await _wait_ready(conn, server, cid, timeout)
+        container.port = await _wait_ready(conn, server, container.id, timeout)
     except BaseException:
         await stop_registry(conn, server, container)
         raise
@@ -253,4 +277,16 @@ async def _wait_ready(conn: Connection, server: Server, cid: str, timeout: float
 
 
 async def stop_registry(conn: Connection, server: Server, container: RegistryContainer) -> None:
+    """Close the keeper's stdin: it removes the container and exits. Should that not happen in time,
+    remove it directly."""
+    if container.keeper is not None:
+        try:
+            container.keeper.stdin.write_eof()
+            await asyncio.wait_for(container.keeper.wait_closed(), 30)
+            if container.keeper.exit_status == 0:
+                return
+        except (asyncio.TimeoutError, OSError, asyncssh.Error):
+            pass
+        finally:
+            container.keeper.close()
     await conn.run([*server.docker, "rm", "-f", container.id], timeout=30)

@@ -175,3 +175,73 @@ def test_sigint_leaves_nothing_and_next_push_completes(local, remote):
     assert r.returncode == 0, r.stderr
     assert remote.has_image("slow:1")
     no_leftovers(remote)
+
+
+def test_connection_dropped_mid_push_then_resumed(local, remote):
+    """The SSH connection dies after one blob is committed: a one-line error, no registry left once
+    the server notices, and the next run skips the committed blob and completes."""
+    import asyncio
+
+    from ctrd import Containerd
+    from testbed._proc import cmdline, kill_pids, ns_inode, pids_in_netns
+
+    build_app_image(local, "drop:1", [40, 64], seed="drop")
+    by_size = sorted(_layers(local, "drop:1").items(), key=lambda x: -x[1])
+    first, second = by_size[0][0], by_size[1][0]  # -j 1 sends the largest first
+
+    async def committed(digest: str) -> bool:
+        async with Containerd(remote.containerd_socket_outside, "moby") as c:
+            return await c.content.exists(digest) is not None
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "CONTAINERD_ADDRESS")}
+    env.update(local.env)
+    remote.shape(rate="30mbit")
+    try:
+        p = subprocess.Popen([PYTHON, "-m", "pussh", "-j", "1", "-F", remote.ssh_config, *REG, "drop:1", remote.alias],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO_ROOT))
+        deadline = time.monotonic() + 120
+        while not asyncio.run(committed(first)):
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "no blob was committed"
+            time.sleep(0.1)
+        # The largest layer is committed and the next one (40 MiB at 30 Mbit/s) under way: cut the
+        # connection by killing the server's sshd session processes (by PID, in the remote's namespace).
+        sessions = [pid for pid in pids_in_netns(ns_inode(remote._holder.pid))
+                    if (cmdline(pid) or [""])[0].startswith("sshd: ")]
+        assert sessions
+        kill_pids(sessions)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 1 and "Traceback" not in err, err
+        assert "connection lost" in err.strip().splitlines()[-1], err
+        # The server removes the registry by itself once the session is gone (pussh cannot any more).
+        deadline = time.monotonic() + 60
+        while remote.docker("ps", "-aq", "--filter", "label=pussh.registry=1").stdout.strip():
+            assert time.monotonic() < deadline, "the registry container outlived the SSH session"
+            time.sleep(0.5)
+    finally:
+        remote.unshape()
+    r = pussh(local, "--json", "-F", remote.ssh_config, *REG, "drop:1", remote.alias)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+    sent = json.loads(r.stdout)["sent"]
+    assert first not in sent and second in sent
+    assert remote.has_image("drop:1")
+
+
+def _layers(local, image) -> dict[str, int]:
+    import json
+    out = local.docker("image", "inspect", image).stdout
+    import asyncio
+
+    from ctrd import Containerd
+
+    async def read():
+        async with Containerd(local.containerd_socket, "moby") as c:
+            img = await c.images.get(f"docker.io/library/{image}")
+            body = json.loads(await c.content.read_all(img.target.digest))
+            if "manifests" in body:
+                m = next(m for m in body["manifests"] if m.get("platform", {}).get("architecture") == "amd64")
+                body = json.loads(await c.content.read_all(m["digest"]))
+            return {l["digest"]: l["size"] for l in body["layers"]}
+    del out
+    return asyncio.run(read())
