@@ -179,6 +179,10 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     except E.RegistryError as err:
         if err.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, err)
+        else:
+            # 404s are how clients ask "do you have it?": not worth more than debug.
+            log.log(logging.DEBUG if err.status in (401, 404) else logging.INFO, "%s %s: %s %s%s",
+                    request.method, request.path, err.status, err, f" {err.detail}" if err.detail else "")
         return _error_response(request, err)
     except (CE.Unavailable, CE.StreamReset) as err:
         log.warning("%s %s: containerd unavailable: %s", request.method, request.path, err)

@@ -10,6 +10,9 @@ Layout in containerd:
 - a manifest pushed by digest only (an index's child, a referrer) is kept by the persistent lease
   `pussh-registry-untagged` until it is deleted, or, for an index's child, until an index that
   points at it is pushed (from then on the index keeps it alive, and `docker rmi` frees it);
+- every manifest PUT is also held for the upload expiry by a shared `pussh-hold-*` lease (as are
+  mounted blobs): containerd's pusher tags each child of an index in turn, and a tag that moves on
+  must not leave the previous child to GC before the index that needs it arrives;
 - labels `pussh.registry.*` on manifests record what the content store cannot: the media type
   (for GET by digest), the subject and artifact type (for the referrers API).
 """
@@ -49,6 +52,7 @@ CONFIG_TYPES = frozenset({MT.OCI_CONFIG, MT.DOCKER_CONFIG})
 # Layers a registry is not expected to hold (Windows foreign layers): not required to exist.
 NONDISTRIBUTABLE = ("application/vnd.docker.image.rootfs.foreign.", "application/vnd.oci.image.layer.nondistributable.")
 SESSION_IDLE = 30.0  # seconds an upload's open write stream may sit unused before it is ended
+SWEEP_EVERY = 5.0  # seconds between looks for such streams
 
 
 @dataclass
@@ -356,7 +360,7 @@ class Storage:
     async def _sweep(self) -> None:
         """End write streams of uploads that went quiet (the ingest stays until its lease expires)."""
         while True:
-            await asyncio.sleep(SESSION_IDLE / 3)
+            await asyncio.sleep(SWEEP_EVERY)
             now = time.monotonic()
             for upload_id, s in list(self._sessions.items()):
                 if now - s.last_used > SESSION_IDLE and not s.lock.locked():
@@ -440,6 +444,10 @@ class Storage:
                 labels[LABEL_SUBJECT] = parsed.subject.digest
                 labels[LABEL_ARTIFACT_TYPE] = parsed.artifact_type
             await self._write_small(f"pussh-manifest-{D.hex_of(digest)}", body, digest, labels, lease)
+            # Held for the upload expiry whatever happens to the tag: containerd's pusher PUTs an
+            # index's children under the image's tag one after the other, so the tag leaves each
+            # child before the index that keeps it arrives; GC in between would take the child.
+            await self.ctr.leases.add_resource(await self._hold_lease(), digest)
 
             if tag is not None:
                 target = Descriptor(parsed.media_type, digest, len(body))

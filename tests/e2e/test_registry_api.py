@@ -11,7 +11,7 @@ from itertools import count
 
 import pytest
 
-from ctrd import Containerd
+from ctrd import Containerd, Unavailable
 from ctrd.labels import DISTRIBUTION_SOURCE, GC_REF_CONTENT, UNCOMPRESSED
 from oci import mediatypes as MT
 from registry.storage import LABEL_MEDIA_TYPE, MANIFEST_LIMIT, UNTAGGED_LEASE
@@ -301,6 +301,12 @@ async def test_blob_delete(reg, ctr):
     assert await ctr.content.exists(digest) is None
     status, _, _ = await reg.call("HEAD", f"/v2/del/blobs/{digest}")
     assert status == 404
+    # a layer of a tagged image stays: the store is the host's
+    img = hand_image("inuse")
+    await push_image(reg, "del", "1", img)
+    status, _, body = await reg.call("DELETE", f"/v2/del/blobs/{sha(img.layers[0])}")
+    assert status == 403 and error_code(body) == "DENIED"
+    assert await ctr.content.exists(sha(img.layers[0])) is not None
 
 
 # -- manifests -------------------------------------------------------------------------------------
@@ -678,7 +684,8 @@ async def test_idle_upload_stream_is_ended_and_reopened(ctr_socket, namespace, c
     if someone else holds it."""
     import registry.storage as storage_mod
 
-    monkeypatch.setattr(storage_mod, "SESSION_IDLE", 0.3)
+    monkeypatch.setattr(storage_mod, "SWEEP_EVERY", 0.05)
+    monkeypatch.setattr(storage_mod, "SESSION_IDLE", 1e9)  # not yet: the stream must stay open
     data = os.urandom(2 << 20)
     half = 1 << 20
     async with serve(ctr_socket, namespace) as reg:
@@ -690,11 +697,39 @@ async def test_idle_upload_stream_is_ended_and_reopened(ctr_socket, namespace, c
         with pytest.raises(Exception):  # while the registry holds the stream, the ingest is locked
             async with ctr.content.writer(ref) as w:
                 await w.stat()
-        await asyncio.sleep(1.0)
-        async with ctr.content.writer(ref) as w:  # swept: free to open, at the same offset
-            assert await w.stat() == half
+        monkeypatch.setattr(storage_mod, "SESSION_IDLE", 0.0)  # now idle: the sweeper ends the stream
+
+        async def unlocked() -> bool:
+            try:
+                async with ctr.content.writer(ref) as w:
+                    assert await w.stat() == half  # free to open, at the same offset
+                return True
+            except Unavailable:
+                return False
+
+        assert await wait_gone(unlocked)
+        monkeypatch.setattr(storage_mod, "SESSION_IDLE", 1e9)
         status, headers, _ = await reg.call("PATCH", loc, data=data[half:],
                                             headers={"Content-Range": f"{half}-{len(data) - 1}"})
         assert status == 202
         status, _, body = await reg.call("PUT", f"{loc}?digest={sha(data)}")
         assert status == 201, body
+
+
+async def test_children_pushed_by_tag_survive_until_their_index(reg, ctr):
+    """containerd's pusher PUTs an index's children under the image's tag, one after the other,
+    then the index: a child the tag has moved away from must survive GC until the index arrives."""
+    images = {"amd64": hand_image("bytag-a"), "arm64": hand_image("bytag-b", arch="arm64")}
+    for img in images.values():
+        for blob in img.blobs():
+            await reg.push_blob("bytag", blob)
+        await reg.push_manifest("bytag", "1", img.manifest)  # the tag moves from child to child
+    for lease in await ctr.leases.list():  # only the uploads' leases end early; the hold stays
+        if lease.id.startswith("pussh-upload-"):
+            await ctr.leases.delete(lease.id)
+    await ctr.leases.collect_garbage()
+    first = images["amd64"]
+    assert await ctr.content.exists(first.digest) is not None
+    assert await ctr.content.exists(sha(first.layers[0])) is not None
+    digest = await reg.push_manifest("bytag", "1", index_of(images))
+    assert (await ctr.images.get("docker.io/library/bytag:1")).target.digest == digest
