@@ -23,7 +23,7 @@ from .progress import UI, human_bytes
 from .source import ImageSource, repository_path
 from .target import Target
 from .transfer import send_registry_image
-from .upload import Registry
+from .upload import ConnectionLost, Registry
 
 REGISTRY_NAMESPACE = "moby"  # Docker's containerd image store
 
@@ -147,7 +147,8 @@ async def _push_over_tunnel(conn: ssh.Connection, server: remote.Server, source:
     connector = aiohttp.UnixConnector(path=sock, limit=max(opts.jobs * 2, 8))
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.timeout, sock_read=max(opts.timeout, 120))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        reg = Registry(session, f"http://127.0.0.1:{port}", repository_path(source.ref), token, label)
+        reg = Registry(session, f"http://127.0.0.1:{port}", repository_path(source.ref), token, label,
+                       alive=conn.is_open)
         await reg.ping()
         # 6. Diff: HEAD every blob the chosen platforms need, concurrently.
         present = await asyncio.gather(*(reg.has_blob(b.digest) for b in plan.blobs))
@@ -178,6 +179,8 @@ async def _push_over_tunnel(conn: ssh.Connection, server: remote.Server, source:
 
         try:
             await _all_or_nothing([send(b) for b in sorted(missing, key=lambda b: -b.size)])
+        except ConnectionLost:
+            raise
         except PusshError as err:
             raise await remote.explain_failure(conn, server, err) from err
         # Manifests bottom-up by digest; the tag last, so an interrupted push never leaves it half-made.

@@ -87,6 +87,9 @@ class Connection:
                 pass
             os.rmdir(d)
 
+    def is_open(self) -> bool:
+        return not self.conn.is_closed()
+
     async def close(self) -> None:
         self.conn.close()
         try:

@@ -26,6 +26,10 @@ class RegistryError(PusshError):
         self.status = status
 
 
+class ConnectionLost(RegistryError):
+    """The SSH connection under the tunnel is gone: retrying is pointless."""
+
+
 class _Retry(Exception):
     """A failure worth another attempt (connection trouble, 5xx, range mismatch)."""
 
@@ -51,13 +55,19 @@ class Registry:
     """One repository on one registry. Requests carry the per-push bearer token."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, repository: str, token: str,
-                 label: str = "registry", chunk_size: int = CHUNK) -> None:
+                 label: str = "registry", chunk_size: int = CHUNK, alive: Callable[[], bool] = lambda: True) -> None:
         self.session = session
         self.base = base_url.rstrip("/")
         self.repo = repository
         self.headers = {"Authorization": f"Bearer {token}"}
         self.label = label
         self.chunk_size = chunk_size
+        self.alive = alive  # False once the transport under the tunnel is gone
+
+    def _check_alive(self, err: BaseException) -> None:
+        if not self.alive():
+            raise ConnectionLost(f"{self.label}: connection lost during the push ({err or type(err).__name__}); "
+                                 "run it again to resume") from err
 
     def _url(self, path: str) -> str:
         return f"{self.base}/v2/{self.repo}/{path}"
@@ -85,7 +95,8 @@ class Registry:
                         return False
                     if resp.status < 500:
                         raise await self._fail(resp, f"HEAD {digest[:19]}")
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+                self._check_alive(err)
                 if attempt == RETRIES - 1:
                     raise
             await asyncio.sleep(0.2 * 2**attempt)
@@ -126,6 +137,7 @@ class Registry:
                 await self._put(location, digest, None, offset, 0, report)
                 return
             except (_Retry, aiohttp.ClientError, asyncio.TimeoutError) as err:
+                self._check_alive(err)
                 if attempt == RETRIES:
                     raise RegistryError(f"{self.label}: upload of {digest[:19]} failed after {RETRIES} retries: "
                                         f"{err or type(err).__name__}") from err
@@ -215,7 +227,8 @@ class Registry:
                     err = await self._fail(resp, f"PUT manifest {reference[:19]}")
                     if resp.status < 500 or _disk_full(str(err)):
                         raise err
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+                self._check_alive(err)
                 if attempt == RETRIES - 1:
                     raise
             await asyncio.sleep(0.2 * 2**attempt)

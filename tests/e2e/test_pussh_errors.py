@@ -207,7 +207,7 @@ def test_connection_dropped_mid_push_then_resumed(local, remote):
         # The largest layer is committed and the next one (40 MiB at 30 Mbit/s) under way: cut the
         # connection by killing the server's sshd session processes (by PID, in the remote's namespace).
         sessions = [pid for pid in pids_in_netns(ns_inode(remote._holder.pid))
-                    if (cmdline(pid) or [""])[0].startswith("sshd: ")]
+                    if _is_ssh_session((cmdline(pid) or [""])[0])]
         assert sessions
         kill_pids(sessions)
         out, err = p.communicate(timeout=120)
@@ -226,6 +226,13 @@ def test_connection_dropped_mid_push_then_resumed(local, remote):
     sent = json.loads(r.stdout)["sent"]
     assert first not in sent and second in sent
     assert remote.has_image("drop:1")
+
+
+def _is_ssh_session(name: str) -> bool:
+    """sshd's per-connection processes ("sshd-session: root@notty", or "sshd: root@notty" before
+    OpenSSH 9.8), not the listener."""
+    return name.startswith("sshd-session:") or (name.startswith("sshd: ") and "[listener]" not in name
+                                                 and "/sshd" not in name)
 
 
 def _layers(local, image) -> dict[str, int]:
