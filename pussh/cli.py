@@ -129,13 +129,28 @@ def main(argv: list[str] | None = None, prog_name: str = "pussh") -> int:
     return int(rc or 0)
 
 
+# Docker's global options, which the docker CLI passes on to a plugin ahead of the plugin's name.
+_DOCKER_GLOBAL_VALUE = {"--config", "-c", "--context", "-H", "--host", "-l", "--log-level", "--tlscacert",
+                        "--tlscert", "--tlskey"}
+
+
 def plugin_main() -> int:
-    """`docker pussh ...`: Docker runs `docker-pussh pussh ARGS`, and `docker-pussh docker-cli-plugin-metadata`."""
+    """`docker pussh ...`: Docker runs `docker-pussh [GLOBAL OPTIONS] pussh ARGS`, and
+    `docker-pussh docker-cli-plugin-metadata`. A `-H/--host` given to docker picks the local daemon."""
     args = sys.argv[1:]
     if args[:1] == ["docker-cli-plugin-metadata"]:
         print(json.dumps({"SchemaVersion": "0.1.0", "Vendor": "pussh", "Version": __version__,
                           "ShortDescription": "Push an image to a server over SSH, sending only missing blobs"}))
         return 0
-    if args[:1] == ["pussh"]:
-        args = args[1:]
-    return main(args, prog_name="docker pussh")
+    i = 0
+    while i < len(args) and args[i] != "pussh" and args[i].startswith("-"):
+        opt, eq, value = args[i].partition("=")
+        if opt in _DOCKER_GLOBAL_VALUE and not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+            i += 1
+        if opt in ("-H", "--host") and value:
+            os.environ["DOCKER_HOST"] = value
+        i += 1
+    if args[i:i + 1] == ["pussh"]:
+        i += 1
+    return main(args[i:], prog_name="docker pussh")

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from oci import reference as R
-from pussh.push import repository_path
+from pussh.source import repository_path
 
 
 def run(*args, entry="main", env=None):
@@ -74,3 +74,25 @@ def test_plugin_drops_leading_pussh():
 ])
 def test_repository_path(image, repo):
     assert repository_path(R.parse(image)) == repo
+
+
+def test_plugin_skips_docker_global_options():
+    p = run("--config", "/tmp/x", "-H", "unix:///nowhere.sock", "--debug", "pussh", "--version", entry="plugin_main")
+    assert p.returncode == 0 and "pussh" in p.stdout, p.stderr
+
+
+def test_as_docker_cli_plugin(tmp_path):
+    """The real docker CLI finds and runs docker-pussh from a config directory's cli-plugins."""
+    import shutil
+    from pathlib import Path
+    script = Path(sys.executable).with_name("docker-pussh")
+    if not shutil.which("docker") or not script.exists():
+        pytest.fail("needs the docker CLI and the installed docker-pussh script (scripts/setup.sh)")
+    (tmp_path / "cli-plugins").mkdir()
+    (tmp_path / "cli-plugins" / "docker-pussh").symlink_to(script)
+    p = subprocess.run(["docker", "--config", str(tmp_path), "pussh", "--version"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0 and "pussh" in p.stdout, p.stderr
+    p = subprocess.run(["docker", "--config", str(tmp_path), "pussh", "Bad Ref", "host"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.startswith("docker pussh: invalid reference format"), p.stderr
