@@ -76,6 +76,8 @@ def build_app_image(host, tag: str, sizes_mib: list[int], seed: str, last_seed: 
         shutil.copy("/bin/busybox", ctx / "base/bin/busybox")
         for a in ("sh", "cat", "md5sum", "ls"):
             os.symlink("busybox", ctx / "base/bin" / a)
+        (ctx / "base/etc").mkdir()
+        (ctx / "base/etc/image-seed").write_text(seed)  # no two image families share a base layer
         lines = ["FROM scratch", "COPY base/ /"]
         for i, size in enumerate(sizes_mib):
             s = last_seed if (last_seed and i == len(sizes_mib) - 1) else seed

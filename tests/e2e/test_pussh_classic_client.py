@@ -8,19 +8,17 @@ import re
 import pytest
 
 from pussh_support import build_app_image, build_registry_image, pussh
-from testbed.local import LocalHost
-from testbed.remote import RemoteHost
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def local_classic():
-    with LocalHost("classic") as h:
-        build_registry_image(h)
-        build_app_image(h, "capp:1", [4, 3, 2], seed="capp", last_seed="v1")
-        build_app_image(h, "capp:2", [4, 3, 2], seed="capp", last_seed="v2")
-        yield h
+def local_classic(local_host_classic):
+    h = local_host_classic
+    build_registry_image(h)
+    build_app_image(h, "capp:1", [4, 3, 2], seed="capp", last_seed="v1")
+    build_app_image(h, "capp:2", [4, 3, 2], seed="capp", last_seed="v2")
+    return h
 
 
 def run_output(host, image) -> str:
@@ -42,24 +40,24 @@ def push(local, remote, image, cache):
 
 
 @pytest.mark.parametrize("store", ["containerd", "classic"])
-def test_classic_client(local_classic, tmp_path, store):
+def test_classic_client(local_classic, remote_host, remote_host_classic, tmp_path, store):
     cache = tmp_path / "cache"
-    with RemoteHost(store) as remote:
-        first, compressed = push(local_classic, remote, "capp:1", cache)
-        assert compressed == 4  # busybox + 3 data layers
-        assert run_output(remote, "capp:1") == run_output(local_classic, "capp:1")
-        assert remote.diff_ids("capp:1") == local_classic.diff_ids("capp:1")
-        layers = set(first["sent"])
+    remote = remote_host if store == "containerd" else remote_host_classic
+    first, compressed = push(local_classic, remote, "capp:1", cache)
+    assert compressed == 4  # busybox + 3 data layers
+    assert run_output(remote, "capp:1") == run_output(local_classic, "capp:1")
+    assert remote.diff_ids("capp:1") == local_classic.diff_ids("capp:1")
+    layers = set(first["sent"])
 
-        again, compressed = push(local_classic, remote, "capp:1", cache)
-        assert compressed == 0
-        assert not set(again["sent"]) & layers
+    again, compressed = push(local_classic, remote, "capp:1", cache)
+    assert compressed == 0
+    assert not set(again["sent"]) & layers
 
-        second, compressed = push(local_classic, remote, "capp:2", cache)
-        assert compressed == 1  # only the changed layer
-        new_layers = [d for d in second["sent"] if d not in layers]
-        assert second["bytes_sent"] < first["bytes_sent"] / 2
-        assert len([d for d in second["sent"] if d in layers]) == 0
-        assert len(new_layers) <= 2  # the changed layer, and the config
-        assert run_output(remote, "capp:2") == run_output(local_classic, "capp:2")
-        assert remote.docker("ps", "-aq", "--filter", "label=pussh.registry=1").stdout.strip() == ""
+    second, compressed = push(local_classic, remote, "capp:2", cache)
+    assert compressed == 1  # only the changed layer
+    new_layers = [d for d in second["sent"] if d not in layers]
+    assert second["bytes_sent"] < first["bytes_sent"] / 2
+    assert len([d for d in second["sent"] if d in layers]) == 0
+    assert len(new_layers) <= 2  # the changed layer, and the config
+    assert run_output(remote, "capp:2") == run_output(local_classic, "capp:2")
+    assert remote.docker("ps", "-aq", "--filter", "label=pussh.registry=1").stdout.strip() == ""

@@ -11,25 +11,21 @@ from pathlib import Path
 import pytest
 
 from pussh_support import PYTHON, REPO_ROOT, build_app_image, build_registry_image, pussh
-from testbed.local import LocalHost
-from testbed.remote import RemoteHost
 
 pytestmark = pytest.mark.e2e
 REG = ("-q", "--registry-image", "pussh-registry:test")  # -q: stderr holds just the error
 
 
 @pytest.fixture(scope="module")
-def local():
-    with LocalHost("containerd") as h:
-        build_registry_image(h)
-        build_app_image(h, "err:1", [2], seed="err")
-        yield h
+def local(local_host):
+    build_registry_image(local_host)
+    build_app_image(local_host, "err:1", [2], seed="err")
+    return local_host
 
 
-@pytest.fixture(scope="module")
-def remote():
-    with RemoteHost("containerd") as h:
-        yield h
+@pytest.fixture
+def remote(remote_host):
+    return remote_host
 
 
 def fails(run, fragment: str, code: int = 1) -> None:

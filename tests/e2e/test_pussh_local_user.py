@@ -12,8 +12,6 @@ import pytest
 import sysconfig
 
 from pussh_support import REPO_ROOT, build_app_image, build_registry_image
-from testbed.local import LocalHost
-from testbed.remote import RemoteHost
 
 pytestmark = pytest.mark.e2e
 # The venv's interpreter may live under /root (pyenv), out of another user's reach: run the system's
@@ -32,39 +30,39 @@ def docker_user():
         subprocess.run(["userdel", "-r", "-f", name], check=False, capture_output=True)
 
 
-def test_docker_group_user_without_containerd_access(docker_user, tmp_path):
-    with LocalHost("containerd") as local, RemoteHost("containerd") as remote:
-        build_registry_image(local)
-        build_app_image(local, "helper:1", [3, 2], seed="helper")
-        home = f"/home/{docker_user}"
-        # The user's own copy of the SSH material (the test bed's is root's).
-        ssh_dir = os.path.join(home, ".pussh-test")
-        os.makedirs(ssh_dir)
-        for f in (remote.ssh_key, remote.known_hosts):
-            shutil.copy(f, ssh_dir)
-        cfg = open(remote.ssh_config).read()
-        cfg = cfg.replace(remote.ssh_key, os.path.join(ssh_dir, "id_ed25519"))
-        cfg = cfg.replace(remote.known_hosts, os.path.join(ssh_dir, "known_hosts"))
-        open(os.path.join(ssh_dir, "config"), "w").write(cfg)
-        subprocess.run(["chown", "-R", f"{docker_user}:{docker_user}", ssh_dir], check=True)
-        os.chmod(os.path.join(ssh_dir, "id_ed25519"), 0o600)
+def test_docker_group_user_without_containerd_access(docker_user, local_host, remote_host):
+    local, remote = local_host, remote_host
+    build_registry_image(local)
+    build_app_image(local, "helper:1", [3, 2], seed="helper")
+    home = f"/home/{docker_user}"
+    # The user's own copy of the SSH material (the test bed's is root's).
+    ssh_dir = os.path.join(home, ".pussh-test")
+    os.makedirs(ssh_dir)
+    for f in (remote.ssh_key, remote.known_hosts):
+        shutil.copy(f, ssh_dir)
+    cfg = open(remote.ssh_config).read()
+    cfg = cfg.replace(remote.ssh_key, os.path.join(ssh_dir, "id_ed25519"))
+    cfg = cfg.replace(remote.known_hosts, os.path.join(ssh_dir, "known_hosts"))
+    open(os.path.join(ssh_dir, "config"), "w").write(cfg)
+    subprocess.run(["chown", "-R", f"{docker_user}:{docker_user}", ssh_dir], check=True)
+    os.chmod(os.path.join(ssh_dir, "id_ed25519"), 0o600)
 
-        def as_user(*argv: str) -> subprocess.CompletedProcess:
-            env = ["env", f"HOME={home}", f"PYTHONPATH={USER_PATH}", f"DOCKER_HOST={local.docker_host}",
-                   f"CONTAINERD_ADDRESS={local.containerd_socket}", "CONTAINERD_NAMESPACE=moby"]
-            return subprocess.run(["runuser", "-u", docker_user, "--", *env, *argv], capture_output=True, text=True,
-                                  cwd=str(REPO_ROOT), timeout=600)
+    def as_user(*argv: str) -> subprocess.CompletedProcess:
+        env = ["env", f"HOME={home}", f"PYTHONPATH={USER_PATH}", f"DOCKER_HOST={local.docker_host}",
+               f"CONTAINERD_ADDRESS={local.containerd_socket}", "CONTAINERD_NAMESPACE=moby"]
+        return subprocess.run(["runuser", "-u", docker_user, "--", *env, *argv], capture_output=True, text=True,
+                              cwd=str(REPO_ROOT), timeout=600)
 
-        if not os.access(USER_PYTHON, os.X_OK):
-            pytest.fail(f"{USER_PYTHON} is needed to run pussh as a non-root user")
-        probe = as_user(USER_PYTHON, "-c", f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({local.containerd_socket!r})")
-        assert probe.returncode != 0 and "Permission" in probe.stderr  # the point of this test
-        r = as_user(USER_PYTHON, "-m", "pussh", "-v", "-F", os.path.join(ssh_dir, "config"),
-                    "--registry-image", "pussh-registry:test", "helper:1", remote.alias)
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "helper container" in r.stderr
-        assert remote.has_image("helper:1")
-        assert remote.docker("image", "inspect", "-f", "{{.Id}}", "helper:1").stdout == \
-            local.docker("image", "inspect", "-f", "{{.Id}}", "helper:1").stdout
-        assert local.docker("ps", "-aq", "--filter", "label=pussh.helper=1").stdout.strip() == ""
-        assert remote.docker("ps", "-aq", "--filter", "label=pussh.registry=1").stdout.strip() == ""
+    if not os.access(USER_PYTHON, os.X_OK):
+        pytest.fail(f"{USER_PYTHON} is needed to run pussh as a non-root user")
+    probe = as_user(USER_PYTHON, "-c", f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({local.containerd_socket!r})")
+    assert probe.returncode != 0 and "Permission" in probe.stderr  # the point of this test
+    r = as_user(USER_PYTHON, "-m", "pussh", "-v", "-F", os.path.join(ssh_dir, "config"),
+                "--registry-image", "pussh-registry:test", "helper:1", remote.alias)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "helper container" in r.stderr
+    assert remote.has_image("helper:1")
+    assert remote.docker("image", "inspect", "-f", "{{.Id}}", "helper:1").stdout == \
+        local.docker("image", "inspect", "-f", "{{.Id}}", "helper:1").stdout
+    assert local.docker("ps", "-aq", "--filter", "label=pussh.helper=1").stdout.strip() == ""
+    assert remote.docker("ps", "-aq", "--filter", "label=pussh.registry=1").stdout.strip() == ""

@@ -12,32 +12,27 @@ from ctrd import Containerd, Descriptor
 from oci import digest as D
 from oci import mediatypes as MT
 from pussh_support import build_app_image, build_registry_image, pussh
-from testbed.local import LocalHost
-from testbed.remote import RemoteHost
 
 pytestmark = pytest.mark.e2e
 SIZES = [6, 4, 2]  # MiB: busybox + 3 data layers = a 4-layer image
 
 
 @pytest.fixture(scope="module")
-def local():
-    with LocalHost("containerd") as h:
-        build_registry_image(h)
-        build_app_image(h, "app:1", SIZES, seed="app", last_seed="v1")
-        build_app_image(h, "app:2", SIZES, seed="app", last_seed="v2")
-        yield h
+def local(local_host):
+    build_registry_image(local_host)
+    build_app_image(local_host, "app:1", SIZES, seed="app", last_seed="v1")
+    build_app_image(local_host, "app:2", SIZES, seed="app", last_seed="v2")
+    return local_host
 
 
-@pytest.fixture(scope="module")
-def remote():
-    with RemoteHost("containerd") as h:
-        yield h
+@pytest.fixture
+def remote(remote_host):
+    return remote_host
 
 
-@pytest.fixture(scope="module")
-def remote_classic():
-    with RemoteHost("classic") as h:
-        yield h
+@pytest.fixture
+def remote_classic(remote_host_classic):
+    return remote_host_classic
 
 
 def push_json(local, remote, image, *extra, target=None):
