@@ -14,6 +14,8 @@ from ctrd.labels import gc_refs
 from oci import digest as D
 from oci import mediatypes as MT
 
+from regsupport import bare_containerd
+
 pytestmark = pytest.mark.e2e
 
 MiB = 1 << 20
@@ -29,39 +31,8 @@ def chunks_of(data: bytes, size: int = 8 * MiB):
 @pytest.fixture(scope="module")
 def containerd_socket(tmp_path_factory) -> str:
     """A bare containerd of our own (no dockerd needed for the client's tests)."""
-    import shutil
-    import subprocess
-    import time
-
-    if os.geteuid() != 0:
-        pytest.fail("these tests start a real containerd and need root")
-    if not shutil.which("containerd"):
-        pytest.fail("containerd is not installed: run scripts/install-system.sh")
-    d = tmp_path_factory.mktemp("ctrd")
-    sock = str(d / "containerd.sock")
-    (d / "config.toml").write_text(
-        f'version = 2\nroot = "{d}/root"\nstate = "{d}/state"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-        f'[grpc]\n  address = "{sock}"\n[plugins."io.containerd.internal.v1.opt"]\n  path = "{d}/opt"\n'
-    )
-    log = open(d / "containerd.log", "wb")
-    proc = subprocess.Popen(["containerd", "--config", str(d / "config.toml")], stdout=log, stderr=log,
-                            start_new_session=True)
-    try:
-        for _ in range(100):
-            if os.path.exists(sock) or proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        if not os.path.exists(sock):
-            pytest.fail(f"containerd did not start: {(d / 'containerd.log').read_text()[-2000:]}")
+    with bare_containerd(tmp_path_factory.mktemp("ctrd")) as sock:
         yield sock
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
