@@ -152,7 +152,7 @@ async def connect(target: Target, opts: SSHOptions) -> Connection:
         raise PusshError(f"{label}: invalid ssh configuration: {err}") from err
     host = target.host
     try:
-        conn = await asyncssh.connect(host, port=target.port or (), options=options)
+        conn = await asyncssh.connect(host, port=target.port or (), options=options, config=kwargs.get("config", ()))
     except socket.gaierror as err:
         raise PusshError(f"{label}: unknown host {host!r} ({err.strerror})") from err
     except ConnectionRefusedError as err:

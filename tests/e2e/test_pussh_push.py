@@ -178,3 +178,27 @@ def test_multiplatform_index_with_platform(local, remote):
     assert sorted(both["platforms"]) == ["linux/amd64", "linux/arm64"]
     assert not both["sent"] or all(d not in layer_digests(local, "app:1") for d in both["sent"])
     no_registry_left(remote)
+
+
+def test_ssh_url_key_flag_and_proxyjump(local, remote, tmp_path):
+    build_app_image(local, "app:url", [1], seed="url")
+    # ssh://user@address:port, the key from -i, a config that only says where known_hosts is.
+    cfg = tmp_path / "only_known_hosts"
+    cfg.write_text(f"Host *\n  UserKnownHostsFile {remote.known_hosts}\n  GlobalKnownHostsFile /dev/null\n")
+    r = pussh(local, "--json", "-F", str(cfg), "-i", remote.ssh_key, "--registry-image", "pussh-registry:test",
+              "app:url", f"ssh://root@{remote.address}:22")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["host"] == f"root@{remote.address}:22"
+    assert run_output(remote, "app:url") == run_output(local, "app:url")
+
+    # An alias reached through ProxyJump (the remote jumping to itself), from ~/.ssh/config-style settings.
+    build_app_image(local, "app:jump", [1], seed="jump")
+    common = (f"  User root\n  IdentityFile {remote.ssh_key}\n  IdentitiesOnly yes\n"
+              f"  UserKnownHostsFile {remote.known_hosts}\n  GlobalKnownHostsFile /dev/null\n  HostKeyAlias {remote.alias}\n")
+    cfg = tmp_path / "jump"
+    cfg.write_text(f"Host jumphost\n  HostName {remote.address}\n{common}"
+                   f"Host behind\n  HostName {remote.address}\n  ProxyJump jumphost\n{common}")
+    res = push_json(local, remote, "app:jump", "-F", str(cfg), target="behind")
+    assert res["host"] == "behind"
+    assert run_output(remote, "app:jump") == run_output(local, "app:jump")
+    no_registry_left(remote)
