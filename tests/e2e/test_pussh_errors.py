@@ -145,13 +145,15 @@ def test_disk_full(local, remote):
     no_leftovers(remote, "big:1")
 
 
-def test_sigint_leaves_nothing_and_next_push_completes(local, remote):
-    build_app_image(local, "slow:1", [48, 48], seed="slow")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_leaves_nothing_and_next_push_completes(local, remote, sig):
+    image = f"slow-{sig.name.lower()}:1"
+    build_app_image(local, image, [48, 48], seed=f"slow-{sig.name}")
     remote.shape(rate="40mbit")
     env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "CONTAINERD_ADDRESS")}
     env.update(local.env)
     try:
-        p = subprocess.Popen([PYTHON, "-m", "pussh", "-F", remote.ssh_config, *REG, "slow:1", remote.alias],
+        p = subprocess.Popen([PYTHON, "-m", "pussh", "-F", remote.ssh_config, *REG, image, remote.alias],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO_ROOT))
         # Wait for the registry container to run (the push is under way), then interrupt.
         deadline = time.monotonic() + 120
@@ -160,16 +162,16 @@ def test_sigint_leaves_nothing_and_next_push_completes(local, remote):
             assert time.monotonic() < deadline, "the push never started its registry"
             time.sleep(0.2)
         time.sleep(1)  # let blob uploads begin
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
         out, err = p.communicate(timeout=120)
         assert p.returncode == 130, (p.returncode, err)
         assert "Traceback" not in err, err
-        no_leftovers(remote, "slow:1")
+        no_leftovers(remote, image)
     finally:
         remote.unshape()
-    r = pussh(local, "-F", remote.ssh_config, *REG, "slow:1", remote.alias)
+    r = pussh(local, "-F", remote.ssh_config, *REG, image, remote.alias)
     assert r.returncode == 0, r.stderr
-    assert remote.has_image("slow:1")
+    assert remote.has_image(image)
     no_leftovers(remote)
 
 
