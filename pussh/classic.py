@@ -14,6 +14,7 @@ import json
 import shlex
 import tarfile
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import asyncssh
 
@@ -25,6 +26,9 @@ from .progress import UI
 from .remote import Server, check_space, explain_failure
 from .source import ImageSource
 from .ssh import Connection
+
+if TYPE_CHECKING:
+    from .push import HostResult
 
 BLOCK = 512
 
@@ -65,7 +69,7 @@ def _pad(size: int) -> bytes:
 
 
 async def load_image(conn: Connection, server: Server, source: ImageSource, plan: Plan, repo_tag: str,
-                     ui: UI, result) -> None:
+                     ui: UI, result: "HostResult") -> None:
     """Stream a docker-save tar (manifest.json, config, missing layers) into `docker load` on the server."""
     manifests = plan.images
     if len(manifests) != 1:

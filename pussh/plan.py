@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 from oci import digest as D
 from oci import manifest as M
-from oci import mediatypes as MT
 
 from .errors import PusshError, UsageError
 from .source import ImageSource

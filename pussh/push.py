@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 import aiohttp
 import asyncssh
 
-from oci import reference as R
 from oci.manifest import Platform
 
 from . import remote, ssh

@@ -29,7 +29,7 @@ class HelperSource:
     def __init__(self, docker: DockerAPI, cid: str, session: aiohttp.ClientSession, base: str, repo: str,
                  ref: R.Reference) -> None:
         self.docker, self.cid, self.session, self.base, self.repo, self.ref = docker, cid, session, base, repo, ref
-        self.description = f"a helper container of the registry image (containerd socket not readable by this user)"
+        self.description = "a helper container of the registry image (containerd socket not readable by this user)"
         self.root: Desc | None = None
         self._small: dict[str, bytes] = {}
 
