@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import aiohttp
 import asyncssh
 
+from ctrd import ContainerdError
 from oci.manifest import Platform
 
 from . import remote, ssh
@@ -79,6 +80,10 @@ async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, u
         # The connection dropped mid-push; blobs already committed are skipped by the next run.
         result.error = f"{target}: connection lost during the push ({str(err) or type(err).__name__}); run it again to resume"
         result.exit_code = 1
+    except ContainerdError as err:
+        result.error, result.exit_code = f"{target}: reading the local image failed: {err}", 1
+    except Exception as err:  # a bug: report it for this host and let the other hosts finish
+        result.error, result.exit_code = f"{target}: unexpected error: {type(err).__name__}: {err}", 1
     result.seconds = time.monotonic() - t0
     return result
 
