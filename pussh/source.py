@@ -118,8 +118,12 @@ async def open_source(ref: R.Reference, *, socket_flag: str | None = None, names
             if info is None or not registry_image:
                 raise PusshError(f"cannot read local images: {err}, and no Docker daemon answers") from None
             # In the docker group but not allowed on containerd's socket: read through a helper container.
-            from .source_helper import HelperSource
-            return await HelperSource.open(docker, ref, registry_image, socket, namespace, repository_path(ref))
+            from .source_helper import HelperSource, NoHelperImage
+            try:
+                return await HelperSource.open(docker, ref, registry_image, socket, namespace, repository_path(ref))
+            except NoHelperImage:
+                from .source_save import SaveSource  # the last resort: the whole image through docker save
+                return await SaveSource.open(docker, ref)
     except BaseException:
         await docker.close()
         raise

@@ -25,6 +25,10 @@ LABEL = "pussh.helper"
 ACCEPT = ", ".join(sorted(MT.ALL_MANIFESTS))
 
 
+class NoHelperImage(PusshError):
+    """The registry image is not in the local Docker."""
+
+
 class HelperSource:
     def __init__(self, docker: DockerAPI, cid: str, session: aiohttp.ClientSession, base: str, repo: str,
                  ref: R.Reference) -> None:
@@ -44,8 +48,7 @@ class HelperSource:
                 labels={LABEL: "1", "pussh.registry.created": str(int(time.time()))})
         except DockerError as err:
             if err.status == 404:
-                raise PusshError(f"cannot read local images: containerd's socket is not readable by this user, and "
-                                 f"the registry image {image} (needed to read through Docker) is not here") from None
+                raise NoHelperImage(f"the registry image {image} is not in the local Docker") from None
             raise
         session = None
         try:
