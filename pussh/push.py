@@ -97,10 +97,14 @@ async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptio
         ui.debug(f"{label}: docker {server.docker_version} ({' '.join(server.docker)}), containerd at "
                  f"{server.containerd_socket}, {'containerd' if server.containerd_store else 'classic'} image store, "
                  f"{server.platform}")
-        # 4. Containerd store: start the registry container (loopback, free port, per-push token) right
-        #    away; it takes a second to come up, and meanwhile the local side works out what to send.
+        # 4. Containerd store: the registry container (loopback, free port, per-push token), started
+        #    while the local side works out what to send.
         token = secrets.token_urlsafe(32)
-        starting = asyncio.ensure_future(_start_registry(conn, server, opts, token, ui)) if server.containerd_store else None
+        # What the tag points at on the server now: when it is already this image (a repeated
+        # push), nothing needs sending and no registry needs starting.
+        current = (asyncio.ensure_future(remote.image_id(conn, server, source.ref.name))
+                   if server.containerd_store else None)
+        starting: asyncio.Future | None = None
         try:
             root = await source.resolve(zstd=server.supports_zstd)
             ui.debug(f"{label}: local image {source.ref.familiar} {root.digest} from {source.description}"
@@ -108,12 +112,21 @@ async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptio
             plan = await make_plan(source, opts.platforms or [server.platform], explicit=bool(opts.platforms), root=root)
             result.platforms = [str(p) for p in plan.platforms]
             result.digest = plan.root.digest
+            if current is not None and await current == plan.root.digest:
+                result.blobs_skipped = len(plan.blobs)
+                result.bytes_skipped = sum(b.size for b in plan.blobs)
+                ui.debug(f"{label}: the server's {source.ref.familiar} is already {plan.root.digest}")
+                return
+            if server.containerd_store:
+                starting = asyncio.ensure_future(_start_registry(conn, server, opts, token, ui))
             if starting is None:
                 # 8. Classic store: straight into Docker with `docker load`, only the layers it lacks (classic.py).
                 await load_image(conn, server, source, plan, source.ref.familiar, ui, result)
                 return
             container = await asyncio.shield(starting)
         except BaseException:
+            if current is not None:
+                current.cancel()
             if starting is not None:  # let a registry that is still starting come up, then remove it
                 await _shielded(_remove_once_started(conn, server, starting))
             raise

@@ -219,8 +219,14 @@ async def remove_leftovers(conn: Connection, server: Server) -> None:
 
 
 async def has_image(conn: Connection, server: Server, image: str) -> bool:
+    return await image_id(conn, server, image) is not None
+
+
+async def image_id(conn: Connection, server: Server, image: str) -> str | None:
+    """Docker's ID of the image, or None. With the containerd store it is the digest of the
+    image's target (index or manifest)."""
     res = await conn.run([*server.docker, "image", "inspect", "--format", "{{.Id}}", image])
-    return res.ok
+    return res.stdout.strip() if res.ok else None
 
 
 async def start_registry(conn: Connection, server: Server, image: str, token: str, namespace: str,
