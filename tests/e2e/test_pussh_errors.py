@@ -250,3 +250,36 @@ def _layers(local, image) -> dict[str, int]:
             return {l["digest"]: l["size"] for l in body["layers"]}
     del out
     return asyncio.run(read())
+
+
+def test_interrupted_docker_load_leaves_no_tag(local, remote_host_classic):
+    """Classic-store server: Ctrl-C while `docker load` reads the stream; no tag, and the next push completes."""
+    from testbed._proc import cmdline, ns_inode, pids_in_netns
+
+    remote = remote_host_classic
+    build_app_image(local, "slowload:1", [48, 48], seed="slowload")
+    env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "CONTAINERD_ADDRESS")}
+    env.update(local.env)
+
+    def loading() -> bool:
+        return any(cmdline(pid)[1:3] == ["load", "-q"] for pid in pids_in_netns(ns_inode(remote._holder.pid))
+                   if cmdline(pid) and cmdline(pid)[0].endswith("docker"))
+
+    remote.shape(rate="40mbit")
+    try:
+        p = subprocess.Popen([PYTHON, "-m", "pussh", "-F", remote.ssh_config, *REG, "slowload:1", remote.alias],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO_ROOT))
+        deadline = time.monotonic() + 120
+        while not loading():
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "docker load never started"
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 130 and "Traceback" not in err, (p.returncode, err)
+        assert not remote.has_image("slowload:1")
+    finally:
+        remote.unshape()
+    r = pussh(local, "-F", remote.ssh_config, *REG, "slowload:1", remote.alias)
+    assert r.returncode == 0, r.stderr
+    assert remote.has_image("slowload:1")
