@@ -153,7 +153,6 @@ def build_test_image_pair(host: DockerHost, name: str, sizes_mb: Sequence[float]
 # -- Python base image -------------------------------------------------------------------------------------
 PY_PACKAGES = ("python3", "python3-venv", "python3-pip")
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
-IMAGE_CA = "/usr/local/share/pussh-host-ca.crt"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -170,7 +169,7 @@ def _mirrors() -> tuple[str, str | None]:
 def python_rootfs(packages: Sequence[str] = PY_PACKAGES, suite: str = "bookworm") -> Path:
     """debootstrap minbase + apt in a chroot, as a tarball cached in /var/cache/pussh-testbed (70-90 s once)."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(f"{suite} {' '.join(sorted(packages))} host-ca".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{suite} {' '.join(sorted(packages))}".encode()).hexdigest()[:12]
     tarball = CACHE_DIR / f"rootfs-{suite}-{key}.tar"
     with open(CACHE_DIR / f"rootfs-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent test runs: one builds, the others wait and reuse
@@ -191,8 +190,6 @@ def python_rootfs(packages: Sequence[str] = PY_PACKAGES, suite: str = "bookworm"
                 srcs.append(f"deb {sec} {suite}-security main")
             (root / "etc/apt/sources.list").write_text("\n".join(srcs) + "\n")
             shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf")
-            if os.path.exists(HOST_CA):  # a TLS-intercepting proxy: pip in image builds trusts what we trust
-                shutil.copyfile(HOST_CA, root / IMAGE_CA.lstrip("/"))
             policy = root / "usr/sbin/policy-rc.d"  # no service starts inside the chroot
             policy.write_text("#!/bin/sh\nexit 101\n")
             policy.chmod(0o755)
@@ -223,17 +220,18 @@ def build_python_base(host: DockerHost, name: str = "localbase/python:3.11", *,
     if not force and host.docker("image", "inspect", name, check=False).returncode == 0:
         return name
     tarball = python_rootfs(packages)
-    env = ["-c", f"ENV PIP_CERT={IMAGE_CA}"] if os.path.exists(HOST_CA) else []  # same test as in the rootfs
-    host.docker("import", "-c", "ENV LANG=C.UTF-8", *env, "-c", 'CMD ["python3"]', str(tarball), name, timeout=600)
+    host.docker("import", "-c", "ENV LANG=C.UTF-8", "-c", 'CMD ["python3"]', str(tarball), name, timeout=600)
     return name
 
 
 def build_registry_image(host: DockerHost, name: str, *, force: bool = False) -> str:
     """The repository's Dockerfile built on `host` from the debootstrap Python base (nothing can be
-    pulled here); its RUN step reaches PyPI through the host's network."""
+    pulled here); its RUN step reaches PyPI through the host's network, trusting what the host trusts
+    (the CA bundle goes in as a build secret, for TLS-inspecting proxies)."""
     if not force and host.docker("image", "inspect", name, check=False).returncode == 0:
         return name
     base = build_python_base(host)
-    host.docker("build", "-q", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", "-t", name,
+    secret = ["--secret", f"id=pipcert,src={HOST_CA}"] if os.path.exists(HOST_CA) else []
+    host.docker("build", "-q", "--network", "host", *secret, "--build-arg", f"BASE_IMAGE={base}", "-t", name,
                 str(REPO_ROOT), timeout=900)
     return name

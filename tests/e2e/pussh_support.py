@@ -11,59 +11,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import testbed
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python") if (REPO_ROOT / ".venv").exists() else sys.executable
-CACHE = Path(os.environ.get("PUSSH_TEST_CACHE", "/var/cache/pussh-tests"))
-BASE_IMAGE = "pussh-test/python:3.11"
 REGISTRY_IMAGE = "pussh-registry:test"
-HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
-
-
-def _mirror() -> str:
-    try:
-        for line in Path("/etc/apt/sources.list.d/debian.sources").read_text().splitlines():
-            if line.startswith("URIs:"):
-                return line.split()[1]
-    except OSError:
-        pass
-    return "http://deb.debian.org/debian"
-
-
-def python_base_tar() -> Path:
-    """A Debian bookworm minbase rootfs with python3 (debootstrap; nothing pulled from a registry),
-    kept as a tar under CACHE so later runs skip the 1-2 minutes it takes."""
-    tar = CACHE / "pybase-bookworm.tar"
-    if tar.exists():
-        return tar
-    CACHE.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="pybase-", dir=CACHE))
-    try:
-        subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-                        "bookworm", str(root), _mirror()], check=True, capture_output=True, timeout=900)
-        if os.path.exists(HOST_CA):  # TLS-intercepting proxies: the build's pip must trust what the host trusts
-            shutil.copyfile(HOST_CA, root / "usr/local/share/pussh-host-ca.crt")
-        subprocess.run(["rm", "-rf", f"{root}/var/lib/apt/lists", f"{root}/var/cache/apt"], check=True)
-        part = tar.with_suffix(".part")
-        subprocess.run(["tar", "--numeric-owner", "-C", str(root), "--exclude=./dev/*", "--exclude=./proc/*",
-                        "--exclude=./sys/*", "-cf", str(part), "."], check=True)
-        part.rename(tar)
-    finally:
-        subprocess.run(["rm", "-rf", str(root)], check=False)
-    return tar
 
 
 def build_registry_image(host) -> str:
     """The registry image from the repo's Dockerfile on a test-bed docker host (once per host)."""
-    if host.has_image(REGISTRY_IMAGE):
-        return REGISTRY_IMAGE
-    if not host.has_image(BASE_IMAGE):
-        with open(python_base_tar(), "rb") as f:
-            host.docker("import", "-c", "ENV LANG=C.UTF-8",
-                        "-c", "ENV PIP_CERT=/usr/local/share/pussh-host-ca.crt", "-", BASE_IMAGE,
-                        input=f.read(), timeout=300)
-    host.docker("build", "-q", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-                "-t", REGISTRY_IMAGE, str(REPO_ROOT), timeout=900)
-    return REGISTRY_IMAGE
+    return testbed.build_registry_image(host, REGISTRY_IMAGE)
 
 
 def build_app_image(host, tag: str, sizes_mib: list[int], seed: str, last_seed: str | None = None) -> str:

@@ -305,10 +305,7 @@ PYBASE_IMAGE = "pussh-test/pybase:bookworm"
 
 def import_python_base(host) -> str:
     """A Debian bookworm + python3 base on `host` for BASE_IMAGE: `docker import` of the rootfs the
-    pussh tests debootstrap and cache (one debootstrap for the whole suite; nothing is pulled)."""
-    from pussh_support import python_base_tar
+    test bed debootstraps and caches (one debootstrap for the whole suite; nothing is pulled)."""
+    from testbed import build_python_base
 
-    if not host.has_image(PYBASE_IMAGE):
-        host.docker("import", "-c", "ENV LANG=C.UTF-8", "-c", 'CMD ["python3"]', str(python_base_tar()),
-                    PYBASE_IMAGE, timeout=600)
-    return PYBASE_IMAGE
+    return build_python_base(host, PYBASE_IMAGE)
