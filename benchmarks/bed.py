@@ -1,0 +1,252 @@
+"""The one place the benchmarks touch the test bed (`testbed/`): hosts, shaping, link counters,
+images, and the processes whose CPU is counted. If the test bed's API moves, only this file changes.
+
+    bed = Bed(workdir)
+    local = bed.local("containerd")                 # LocalHost, created on first use
+    a = bed.remote("a", "containerd")               # RemoteHost, created on first use
+    bed.shape([a], "200mbit", "10ms")               # one way delay: RTT 20 ms
+    bed.link_bytes([a])                             # (tx, rx) summed over the remotes' veths
+    bed.ssh_config                                  # one OpenSSH config file naming every remote
+    bed.close()
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import testbed
+from testbed import LocalHost, RemoteHost
+from testbed._proc import ns_inode
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("PUSSH_BENCH_CACHE", "/var/cache/pussh-bench"))
+REGISTRY_IMAGE = "pussh-registry:bench"
+# what goes into the registry image (Dockerfile COPYs these): the cached image tar is keyed by them
+REGISTRY_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "registry", "ctrd", "oci", "proto")
+_CLIENT_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACE", "SSH_AUTH_SOCK")
+
+
+class BedError(RuntimeError):
+    pass
+
+
+class Bed:
+    def __init__(self, workdir: Path, log=print) -> None:
+        self.workdir = workdir
+        self.log = log
+        self._locals: dict[str, LocalHost] = {}
+        self._remotes: dict[str, RemoteHost] = {}
+        self.ssh_config = str(workdir / "ssh_config")
+        Path(self.ssh_config).write_text("")
+
+    # -- hosts ---------------------------------------------------------------------------------------
+    def local(self, store: str = "containerd") -> LocalHost:
+        if store not in self._locals:
+            t0 = time.monotonic()
+            self._locals[store] = LocalHost(store)  # type: ignore[arg-type]
+            self.log(f"bed: local host ({store} store) up in {time.monotonic() - t0:.1f}s")
+        return self._locals[store]
+
+    def remote(self, key: str, store: str = "containerd") -> RemoteHost:
+        if key not in self._remotes:
+            t0 = time.monotonic()
+            r = RemoteHost(store)  # type: ignore[arg-type]
+            self._remotes[key] = r
+            # one config file for every remote: OpenSSH and pussh each take a single -F
+            with open(self.ssh_config, "a") as f:
+                f.write(Path(r.ssh_config).read_text())
+            self.log(f"bed: remote {key} ({store} store, {r.alias}) up in {time.monotonic() - t0:.1f}s")
+        return self._remotes[key]
+
+    def close(self) -> None:
+        for r in reversed(list(self._remotes.values())):
+            try:
+                r.unshape()
+            except Exception:
+                pass
+            r.stop()
+        for loc in self._locals.values():
+            loc.stop()
+        self._remotes.clear()
+        self._locals.clear()
+
+    # -- environment -----------------------------------------------------------------------------------
+    @staticmethod
+    def local_env(local: LocalHost, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _CLIENT_VARS}
+        env.update(local.env)
+        env.update(extra)
+        return env
+
+    @staticmethod
+    def alias(remote: RemoteHost) -> str:
+        return remote.alias
+
+    @staticmethod
+    def store(host) -> str:
+        return host.store
+
+    @staticmethod
+    def nsenter(remote: RemoteHost) -> list[str]:
+        """argv prefix that runs a command inside the remote's namespaces (no ssh)."""
+        return ["nsenter", "-t", str(remote.pid), "-m", "-n", "-u", "--"]
+
+    @staticmethod
+    def remote_env() -> dict[str, str]:
+        return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+                "LANG": "C.UTF-8"}
+
+    @staticmethod
+    def remote_dir(remote: RemoteHost) -> Path:
+        """A directory of the remote's (seen alike from both sides), removed with the remote."""
+        return Path(remote.dir)
+
+    @staticmethod
+    def netns_inode(remote: RemoteHost) -> int | None:
+        return ns_inode(remote.pid)
+
+    # -- shaping and counters --------------------------------------------------------------------------
+    def shape(self, remotes: Iterable[RemoteHost], rate: str | None, delay: str | None) -> None:
+        for r in remotes:
+            if (rate, delay) == (None, None):
+                r.unshape()
+            else:
+                r.shape(rate, delay)
+
+    @staticmethod
+    def link_bytes(remotes: Iterable[RemoteHost]) -> tuple[int, int]:
+        tx = rx = 0
+        for r in remotes:
+            t, x = r.link_bytes()
+            tx, rx = tx + t, rx + x
+        return tx, rx
+
+    @staticmethod
+    def daemon_pids(host) -> dict[str, int]:
+        """name -> pid of the host's long-lived daemons (containerd, dockerd, sshd)."""
+        return {d.name: d.pid for d in getattr(host, "_daemons", []) if d.alive()}
+
+    @staticmethod
+    def delayer_pids(remote: RemoteHost) -> list[int]:
+        """The user-space delay processes (NFQUEUE) of a shaped remote: shaping's own CPU cost."""
+        return [d.pid for d in getattr(remote, "_delayers", []) if d.alive()]
+
+    # -- images ----------------------------------------------------------------------------------------
+    @staticmethod
+    def build_images(local: LocalHost, names: dict[str, int], sizes_mb: Sequence[float], seed: str,
+                     text_mb: float) -> None:
+        """FROM-scratch busybox layer + one layer per size; names map to variants of the LAST layer."""
+        testbed.build_test_images(local, names, sizes_mb, seed=seed, text_mb=text_mb)
+
+    def registry_image(self, local: LocalHost) -> str:
+        """The repo's registry image on `local`: loaded from a tar cached by the hash of its sources,
+        else built (debootstrap base + pip) and cached."""
+        if local.has_image(REGISTRY_IMAGE):
+            return REGISTRY_IMAGE
+        tar = self.registry_tar()
+        if tar.exists():
+            local.docker("load", "-q", "-i", str(tar), timeout=600)
+        else:
+            t0 = time.monotonic()
+            self.log("bed: building the registry image (debootstrap base + pip; once per source change)")
+            testbed.build_registry_image(local, REGISTRY_IMAGE)
+            CACHE.mkdir(parents=True, exist_ok=True)
+            part = tar.with_suffix(".part")
+            local.docker("save", "-o", str(part), REGISTRY_IMAGE, timeout=600)
+            part.rename(tar)
+            self.log(f"bed: registry image built in {time.monotonic() - t0:.0f}s, cached as {tar}")
+        return REGISTRY_IMAGE
+
+    @staticmethod
+    def registry_tar() -> Path:
+        h = hashlib.sha256()
+        for name in REGISTRY_INPUTS:
+            p = REPO / name
+            files = sorted(x for x in p.rglob("*") if x.is_file() and "__pycache__" not in x.parts) if p.is_dir() else [p]
+            for f in files:
+                if f.exists():
+                    h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
+        return CACHE / f"registry-{h.hexdigest()[:16]}.tar"
+
+    def install_registry_image(self, remote: RemoteHost) -> None:
+        """Put the registry image on the server beforehand (as a server that pussh has pushed to before
+        has it), so that no measured push includes sending it."""
+        if remote.has_image(REGISTRY_IMAGE):
+            return
+        remote.docker("load", "-q", "-i", str(self.registry_tar()), timeout=600)
+
+    @staticmethod
+    def image_blobs(local: LocalHost, ref: str) -> dict | None:
+        """Compressed blobs of the image for linux/amd64 from the local containerd store:
+        {"index": n, "manifest": n, "config": n, "layers": [[digest, size], ...]}; None for a classic store."""
+        if local.store != "containerd":
+            return None
+        from ctrd import Containerd
+        from oci import reference as R
+
+        async def read() -> dict:
+            async with Containerd(local.containerd_socket, "moby") as c:
+                img = await c.images.get(R.parse(ref).name)
+                out: dict = {"index": 0}
+                body = json.loads(await c.content.read_all(img.target.digest))
+                size = img.target.size
+                if "manifests" in body:
+                    out["index"] = size
+                    m = next(m for m in body["manifests"]
+                             if m.get("platform", {}).get("architecture") == "amd64")
+                    size = m["size"]
+                    body = json.loads(await c.content.read_all(m["digest"]))
+                out["manifest"] = size
+                out["config"] = body["config"]["size"]
+                out["layers"] = [[layer["digest"], layer["size"]] for layer in body["layers"]]
+                return out
+        return asyncio.run(read())
+
+    # -- resetting a server ----------------------------------------------------------------------------
+    def remove_images(self, remote: RemoteHost, keep: Sequence[str] = (REGISTRY_IMAGE,)) -> None:
+        """Every image but `keep` off the server (content garbage-collected): a first push again."""
+        out = remote.docker("image", "ls", "-a", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").stdout
+        refs, ids = [], set()
+        keep_ids = {remote.docker("image", "inspect", "--format", "{{.Id}}", k).stdout.strip() for k in keep
+                    if remote.has_image(k)}
+        for line in out.splitlines():
+            ref, _, iid = line.partition(" ")
+            if ref in keep:
+                continue
+            if ref.endswith("<none>"):
+                ids.add(iid)
+            else:
+                refs.append(ref)
+        if refs:
+            remote.docker("rmi", "-f", *refs, check=False)
+        ids -= {i[7:19] if i.startswith("sha256:") else i for i in keep_ids}
+        if ids:
+            remote.docker("rmi", "-f", *ids, check=False)
+
+    def remote_run(self, remote: RemoteHost, *argv: str, check: bool = True, timeout: float = 120,
+                   input: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.nsenter(remote) + list(argv), env=self.remote_env(), capture_output=True,
+                              check=check, timeout=timeout, input=input)
+
+    def content_count(self, remote: RemoteHost) -> int | None:
+        """Blobs in the server's containerd (namespace moby), to check that a reset emptied it."""
+        if remote.store != "containerd":
+            return None
+        cp = self.remote_run(remote, "ctr", "-n", "moby", "content", "ls", "-q", check=False)
+        return len(cp.stdout.split()) if cp.returncode == 0 else None
+
+    def describe(self) -> dict:
+        return {"locals": {k: repr(v) for k, v in self._locals.items()},
+                "remotes": {k: {"alias": r.alias, "store": r.store, "address": r.address}
+                            for k, r in self._remotes.items()}}
+
+    @staticmethod
+    def quote(argv: Sequence[str]) -> str:
+        return shlex.join(argv)
