@@ -65,6 +65,9 @@ class Bed:
             self.log(f"bed: remote {key} ({store} store, {r.alias}) up in {time.monotonic() - t0:.1f}s")
         return self._remotes[key]
 
+    def remotes(self) -> list[RemoteHost]:
+        return list(self._remotes.values())
+
     def close(self) -> None:
         for r in reversed(list(self._remotes.values())):
             try:
@@ -229,6 +232,14 @@ class Bed:
         ids -= {i[7:19] if i.startswith("sha256:") else i for i in keep_ids}
         if ids:
             remote.docker("rmi", "-f", *ids, check=False)
+        if remote.store == "containerd":
+            # pussh's registry holds what it received under leases for the upload expiry (pussh-upload-*,
+            # pussh-hold-*, pussh-untagged): without removing them the next "first" push finds its blobs
+            # still there. --sync: garbage-collect now.
+            leases = self.remote_run(remote, "ctr", "-n", "moby", "leases", "ls", "-q", check=False).stdout.split()
+            ours = [x.decode() for x in leases if x.startswith(b"pussh-")]
+            if ours:
+                self.remote_run(remote, "ctr", "-n", "moby", "leases", "rm", "--sync", *ours, check=False)
 
     def remote_run(self, remote: RemoteHost, *argv: str, check: bool = True, timeout: float = 120,
                    input: bytes | None = None) -> subprocess.CompletedProcess:
@@ -241,6 +252,28 @@ class Bed:
             return None
         cp = self.remote_run(remote, "ctr", "-n", "moby", "content", "ls", "-q", check=False)
         return len(cp.stdout.split()) if cp.returncode == 0 else None
+
+    def wait_gc(self, remote: RemoteHost, timeout: float = 10) -> int | None:
+        """After images are removed, wait until the server's blob count stops dropping (containerd
+        collects shortly after an image delete); returns the blobs left (the registry image's).
+        Every lease is dropped first (synchronous GC): pussh's registry holds uploaded blobs under its
+        upload leases until they expire (registry/storage.py), so without this a removed image's blobs
+        stay and the next "first push" sends nothing."""
+        if remote.store == "containerd":
+            cp = self.remote_run(remote, "ctr", "-n", "moby", "leases", "ls", "-q", check=False)
+            for lid in cp.stdout.decode().split():
+                self.remote_run(remote, "ctr", "-n", "moby", "leases", "rm", "--sync", lid, check=False)
+        last, stable, deadline = None, 0, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            n = self.content_count(remote)
+            if n is None:
+                return None
+            stable = stable + 1 if n == last else 0
+            if stable >= 2:
+                break
+            last = n
+            time.sleep(0.2)
+        return last
 
     def describe(self) -> dict:
         return {"locals": {k: repr(v) for k, v in self._locals.items()},

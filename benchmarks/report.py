@@ -1,6 +1,6 @@
 """Turn a results JSON of `benchmarks.run` into benchmarks/RESULTS.md and benchmarks/results.png.
 
-    .venv/bin/python -m benchmarks.report [benchmarks/out/latest.json]
+    .venv/bin/python -m benchmarks.report [benchmarks/out/basic-latest.json]
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def plot(d: dict, path: Path) -> None:
 
 
 def main() -> int:
-    src = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "out" / "latest.json"
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "out" / "basic-latest.json"
     d = json.loads(src.read_text())
     mc = d["machine"]
     loads = [c["loadavg"] for c in d["cells"]]
