@@ -1,213 +1,466 @@
-"""Turn a results JSON of `benchmarks.run` into benchmarks/RESULTS.md and benchmarks/results.png.
+"""benchmarks/RESULTS.md and benchmarks/results.png from a JSON of raw measurements.
 
-    .venv/bin/python -m benchmarks.report [benchmarks/out/basic-latest.json]
+    .venv/bin/python -m benchmarks.report [benchmarks/out/<time>.json] [--md PATH] [--png PATH]
+
+Without an argument: the newest benchmarks/out/*.json. Reads the output of `benchmarks.run` (and the
+simpler one of `benchmarks.run_basic`). benchmarks/analysis.md, when present, is copied into
+RESULTS.md under "Analysis" (the hand-written reading of the run: causes of the missed targets).
 """
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MB, MiB = 1e6, 2**20
-RATES = {"200mbit": 200e6 / 8}  # bytes/s
+METHOD_ORDER = ["save-load", "registry", "pussh"]
+METHOD_LABEL = {"save-load": "docker save/load over ssh", "registry": "registry path", "pussh": "pussh"}
+SCENARIO_ORDER = ["S1", "S2", "S3", "S4", "S5", "S6.1", "S6.2", "S6.3", "S7.1", "S7.2", "S7.3", "S8"]
+MAIN = ["S1", "S2", "S3", "S4", "S5", "S8"]
+SHAPE_ORDER = ["unshaped", "shaped"]
+MB = 1e6
 
 
-def cells(d: dict, shaping: str, scenario: str, method: str) -> list[dict]:
-    return [c for c in d["cells"] if (c["shaping"], c["scenario"], c["method"]) == (shaping, scenario, method)]
+def normalize(data: dict) -> dict:
+    """Accept the simpler format of `benchmarks.run_basic` ("cells", S1-S3 only) as well."""
+    if "samples" in data or "cells" not in data:
+        return data
+    blobs = data.get("image_blobs", {})
+    tags = {}
+    for old, new in (("bench/app:1", "bench/app4:1"), ("bench/app:1-v2", "bench/app4:2")):
+        b = dict(blobs.get(old) or {})
+        if b:
+            b["total"] = b["index"] + b["manifest"] + b["config"] + sum(s for _, s in b["layers"])
+            tags[new] = b
+    if "bench/app4:1" in tags and "bench/app4:2" in tags:
+        v1 = {d for d, _ in tags["bench/app4:1"]["layers"]}
+        v2 = tags["bench/app4:2"]
+        v2["changed_layer"] = sum(s for d, s in v2["layers"] if d not in v1)
+    shaped = data.get("shapings", {}).get("shaped") or [None, None]
+    mc = data.get("machine", {})
+    meta = {
+        "argv": data.get("command", "").replace("sudo ", "").replace(".venv/bin/python", "python").split(),
+        "started": data.get("started"),
+        "config": {"runs": data.get("runs"), "scale": 1 if data.get("sizes_mb") == [150.0, 100.0, 50.0] else "custom",
+                   "rate": shaped[0], "delay_one_way": shaped[1]},
+        "machine": {"cpu": mc.get("cpu"), "cores": mc.get("nproc"), "mem_gb": mc.get("mem_gb"),
+                    "kernel": mc.get("kernel"), "os": "?"},
+        "versions": {"docker_cli": mc.get("docker"), "containerd": mc.get("containerd"),
+                     "openssh": mc.get("openssh"), "docker-registry": mc.get("docker_registry"),
+                     "python": mc.get("python")},
+        "images": {"app4": {"sizes_mb": data.get("sizes_mb", []), "text_mb": 3, "tags": tags}},
+        "commands": {k: v.get("templates", []) for k, v in data.get("methods", {}).items()},
+        "scenarios": data.get("scenarios", {}),
+    }
+    samples = []
+    for c in data["cells"]:
+        daemons = c.get("server_daemons_cpu", {})
+        samples.append({
+            **c, "shape": c["shaping"], "servers": 1, "registry_cpu": c.get("server_registry_cpu", 0.0),
+            "registry_rss": c.get("server_registry_rss", 0), "daemons_cpu": daemons,
+            "server_cpu": c.get("server_registry_cpu", 0.0) + sum(daemons.values()), "local_daemons_cpu": 0.0})
+    return {"meta": meta, "samples": samples, "profiles": []}
 
 
-def med(cs: list[dict], key: str) -> float | None:
-    v = [c[key] for c in cs if c["ok"]]
-    return statistics.median(v) if v else None
-
-
-def rng(cs: list[dict], key: str) -> tuple[float, float] | None:
-    v = [c[key] for c in cs if c["ok"]]
-    return (min(v), max(v)) if v else None
-
-
-def image_bytes(blobs: dict) -> int:
-    return blobs["index"] + blobs["manifest"] + blobs["config"] + sum(s for _, s in blobs["layers"])
-
-
-def fmt(x: float | None, spec: str = ".2f") -> str:
-    return "—" if x is None else format(x, spec)
-
-
-def table(d: dict, shaping: str) -> list[str]:
-    rows = ["| scenario | method | wall median (s) | range (s) | on the link (MB) | client CPU (s) | "
-            "client peak RSS (MiB) | server registry CPU (s) | ok |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for sc, desc in d["scenarios"].items():
-        for m in d["methods"]:
-            cs = cells(d, shaping, sc, m)
-            if not cs:
-                continue
-            r = rng(cs, "seconds")
-            ok = sum(c["ok"] for c in cs)
-            rows.append(f"| {sc} {desc} | {m} | {fmt(med(cs, 'seconds'))} | "
-                        f"{'—' if r is None else f'{r[0]:.2f}–{r[1]:.2f}'} | "
-                        f"{fmt(med(cs, 'link_bytes') and med(cs, 'link_bytes') / MB, '.3f')} | "
-                        f"{fmt(med(cs, 'client_cpu'))} | {fmt(max((c['client_rss'] for c in cs), default=0) / MiB, '.1f')} | "
-                        f"{fmt(med(cs, 'server_registry_cpu'))} | {ok}/{len(cs)} |")
-    return rows
-
-
-def targets(d: dict) -> list[tuple[str, str, str, str]]:
-    """(target, measured, verdict, note) rows."""
-    out = []
-    v1, v2 = d["image_blobs"]["bench/app:1"], d["image_blobs"]["bench/app:1-v2"]
-    need = image_bytes(v1)
-    changed = v2["layers"][-1][1]
-
-    def t(sh, sc, m, key="seconds"):
-        return med(cells(d, sh, sc, m), key)
-
-    def row(name, measured, ok, note_ok, note_miss):
-        if measured is None:
-            out.append((name, "not measured", "—", ""))
-        else:
-            out.append((name, measured, "PASS" if ok else "MISS", note_ok if ok else note_miss))
-
-    sh = "shaped" if "shaped" in d["shapings"] else None
-    if sh:
-        p = t(sh, "S1", "pussh")
-        floor = need / RATES["200mbit"]
-        ratio = p / floor if p else None
-        row("S1 at 200 Mbit/s within 1.10x of the link floor",
-            p and f"{p:.2f} s vs floor {floor:.2f} s ({need / MB:.1f} MB / 25 MB/s) = {ratio:.2f}x",
-            ratio is not None and ratio <= 1.10, "",
-            ratio and f"{(ratio / 1.10 - 1) * 100:.0f}% over; fixed costs (ssh + probe + registry container start, "
-                      f"~{t(sh, 'S2', 'pussh') or 0:.1f} s as seen in S2) are paid before bytes flow, and "
-                      f"20 ms RTT slows TCP ramp-up")
-    p, s, r = t("unshaped", "S1", "pussh"), t("unshaped", "S1", "save-load"), t("unshaped", "S1", "registry")
-    if p:
-        row("S1 unshaped ≥ 4x faster than save/load", s and f"{s:.2f} / {p:.2f} s = {s / p:.2f}x", s and s / p >= 4, "",
-            s and f"{4 / (s / p):.1f}x short of 4x; random layers do not compress, so "
-                  "save/load sends the same bytes over an unthrottled veth and is bounded by the same disk/CPU; "
-                  "pussh pays fixed setup (registry container start) on top")
-        row("S1 unshaped ≥ 1.5x faster than registry path", r and f"{r:.2f} / {p:.2f} s = {r / p:.2f}x",
-            r and r / p >= 1.5, "",
-            r and f"{1.5 / (r / p):.1f}x short; the registry path here is a warm, already-running Go registry on the "
-                  "same machine; pussh starts its registry container per push")
-    for sh2 in d["shapings"]:
-        p = t(sh2, "S2", "pussh")
-        b = t(sh2, "S2", "pussh", "link_bytes")
-        row(f"S2 ({sh2}) under 1.5 s", p and f"{p:.2f} s", p is not None and p < 1.5, "",
-            p and f"{p - 1.5:.2f} s over: one SSH connection + remote probe on a loaded 2-core machine")
-        row(f"S2 ({sh2}) under 100 KB on the link", b is not None and f"{b / 1e3:.1f} KB", b is not None and b < 100e3,
-            "", b and f"{b / 1e3 - 100:.0f} KB over")
-    if sh:
-        p, s, r = t(sh, "S3", "pussh"), t(sh, "S3", "save-load"), t(sh, "S3", "registry")
-        if p:
-            row("S3 at 200 Mbit/s ≥ 5x faster than save/load", s and f"{s:.2f} / {p:.2f} s = {s / p:.2f}x",
-                s and s / p >= 5, "",
-                s and f"{5 / (s / p):.1f}x short; pussh's fixed cost (connect, probe, registry container) is a large "
-                      "share of a ~50 MB transfer")
-            row("S3 at 200 Mbit/s faster than registry path", r and f"{r:.2f} vs {p:.2f} s", r and p < r, "",
-                r and f"{p - r:.2f} s slower; the registry path's registry is already running, pussh starts one")
-        b = t(sh, "S3", "pussh", "link_bytes")
-        dev = (b - changed) / changed if b else None
-        row("S3 bytes on the link within 5% of the changed layer", b and
-            f"{b / MB:.2f} MB vs layer {changed / MB:.2f} MB ({dev * 100:+.1f}%)",
-            dev is not None and abs(dev) <= 0.05, "",
-            dev and f"{abs(dev) * 100 - 5:.1f} points over: TCP/IP + SSH framing (~3-4% at 1500 MTU) plus the "
-                    "ACK stream counted in rx")
-    out.append(("S8 three servers in < 1.3x the time of one", "not measured", "—", "not run (time)"))
-    rss = [c["client_rss"] for c in d["cells"] if c["method"] == "pussh" and c["ok"]]
-    if rss:
-        m = max(rss) / MiB
-        row("pussh client peak RSS under 150 MB", f"max {m:.1f} MiB over {len(rss)} pushes", m * MiB < 150e6, "",
-            f"{m * MiB / 1e6 - 150:.0f} MB over")
+# -- aggregation -------------------------------------------------------------------------------------------
+def cells(data: dict) -> dict[tuple[str, str, str], list[dict]]:
+    out: dict = defaultdict(list)
+    for s in data["samples"]:
+        out[(s["scenario"], s["shape"], s["method"])].append(s)
     return out
 
 
-def plot(d: dict, path: Path) -> None:
+def ok_vals(samples: list[dict], key: str) -> list[float]:
+    return [s[key] for s in samples if s["ok"]]
+
+
+def med(samples: list[dict], key: str) -> float | None:
+    v = ok_vals(samples, key)
+    return statistics.median(v) if v else None
+
+
+def rate_bps(rate: str | None) -> float | None:
+    """tc units: "200mbit" = 200 * 10^6 bit/s; "25mbps" = 25 * 10^6 bytes/s."""
+    if not rate:
+        return None
+    m = re.fullmatch(r"([0-9.]+)\s*([kmg]?)(bit|bps)", rate.strip().lower())
+    if not m:
+        return None
+    v = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
+    return v * 8 if m.group(3) == "bps" else v
+
+
+def shape_label(data: dict, shape: str) -> str:
+    c = data["meta"].get("config", {})
+    if shape == "unshaped":
+        return "unshaped"
+    d = c.get("delay_one_way") or "0ms"
+    m = re.fullmatch(r"([0-9.]+)ms", str(d))
+    rtt = f"{2 * float(m.group(1)):g} ms RTT" if m else f"{d} one way"
+    return f"{c.get('rate')}, {rtt}"
+
+
+def image_info(data: dict, tag: str) -> dict | None:
+    for fam in data["meta"].get("images", {}).values():
+        if (fam.get("tags") or {}).get(tag):
+            return fam["tags"][tag]
+    return None
+
+
+# -- targets -------------------------------------------------------------------------------------------------
+def evaluate(data: dict) -> list[dict]:
+    """Each target of the issue with its measured value (ratios of medians from the same run)."""
+    data = normalize(data)
+    c = cells(data)
+    cfg = data["meta"].get("config", {})
+    shapes = [s for s in SHAPE_ORDER if any(k[1] == s for k in c)]
+    out: list[dict] = []
+
+    def t(tid, text, scenario, shape, measured, goal, ok, margin="", profile=True):
+        out.append({"id": tid, "text": text, "scenario": scenario, "shape": shape, "measured": measured,
+                    "goal": goal, "ok": ok, "margin": margin, "profile": profile})
+
+    def m(sc, sh, meth="pussh", key="seconds"):
+        return med(c.get((sc, sh, meth), []), key)
+
+    if "shaped" in shapes and (p := m("S1", "shaped")) is not None:
+        info = image_info(data, "bench/app4:1")
+        bps = rate_bps(cfg.get("rate"))
+        if info and bps:
+            floor = info["total"] * 8 / bps
+            r = p / floor
+            t("T1", "S1 shaped: within 1.10x of the link floor (image bytes / rate)", "S1", "shaped",
+              f"{p:.2f} s = {r:.2f}x the floor {floor:.2f} s ({info['total'] / MB:.1f} MB)", "<= 1.10x",
+              r <= 1.10, f"{(r / 1.10 - 1) * 100:+.0f} % over the target" if r > 1.10 else "")
+    if "unshaped" in shapes and (p := m("S1", "unshaped")):
+        for tid, other, k in (("T2", "save-load", 4.0), ("T3", "registry", 1.5)):
+            o = m("S1", "unshaped", other)
+            if o:
+                r = o / p
+                t(tid, f"S1 unshaped: at least {k:g}x faster than {METHOD_LABEL[other]}", "S1", "unshaped",
+                  f"{r:.2f}x ({o:.2f} s vs {p:.2f} s)", f">= {k:g}x", r >= k,
+                  f"{(1 - r / k) * 100:.0f} % short (pussh would need {o / k:.2f} s)" if r < k else "")
+    for sh in shapes:
+        p, b = m("S2", sh), m("S2", sh, key="link_bytes")
+        if p is not None:
+            t("T4", "S2: under 1.5 s", "S2", sh, f"{p:.2f} s", "< 1.5 s", p < 1.5,
+              f"{p - 1.5:+.2f} s ({(p / 1.5 - 1) * 100:+.0f} %)" if p >= 1.5 else "")
+        if b is not None:
+            t("T5", "S2: under 100 KB on the link", "S2", sh, f"{b / 1e3:.1f} kB", "< 100 kB", b < 100e3,
+              f"{(b / 100e3 - 1) * 100:+.0f} %" if b >= 100e3 else "", profile=False)
+    if "shaped" in shapes and (p := m("S3", "shaped")):
+        for tid, other, k in (("T6", "save-load", 5.0), ("T7", "registry", 1.0)):
+            o = m("S3", "shaped", other)
+            if o:
+                r = o / p
+                ok = r >= k if k > 1 else r > 1
+                t(tid, f"S3 shaped: {'at least 5x faster than' if k > 1 else 'faster than'} {METHOD_LABEL[other]}",
+                  "S3", "shaped", f"{r:.2f}x ({o:.2f} s vs {p:.2f} s)", f">= {k:g}x" if k > 1 else "> 1x", ok,
+                  "" if ok else f"{(1 - r / k) * 100:.0f} % short (pussh would need {o / k:.2f} s)")
+    info = image_info(data, "bench/app4:2")
+    for sh in shapes:
+        b = m("S3", sh, key="link_bytes")
+        if b is not None and info and info.get("changed_layer"):
+            ch = info["changed_layer"]
+            r = b / ch
+            # below 0.95x the layer did not cross the link: the server had it already (a bad reset)
+            t("T8", "S3: bytes on the link within 5 % of the changed layer", "S3", sh,
+              f"{b / MB:.2f} MB = {r:.3f}x the changed layer ({ch / MB:.2f} MB compressed)", "0.95x-1.05x",
+              0.95 <= r <= 1.05, f"{(r - 1.05) * 100:+.1f} points" if r > 1.05 else
+              ("the layer did not cross the link" if r < 0.95 else ""), profile=False)
+    for sh in shapes:
+        p8, p1 = m("S8", sh), m("S1", sh)
+        if p8 and p1:
+            r = p8 / p1
+            t("T9", "S8: three servers in under 1.3x the time of one (S1)", "S8", sh,
+              f"{r:.2f}x ({p8:.2f} s vs {p1:.2f} s)", "< 1.3x", r < 1.3,
+              f"{(r / 1.3 - 1) * 100:+.0f} %" if r >= 1.3 else "")
+    rss = [(s["client_rss"], s["scenario"], s["shape"]) for s in data["samples"] if s["method"] == "pussh" and s["ok"]]
+    if rss:
+        worst = max(rss)
+        t("T10", "pussh client peak RSS under 150 MB, whatever the image", worst[1], worst[2],
+          f"max {worst[0] / MB:.0f} MB ({worst[1]}, {shape_label(data, worst[2])})", "< 150 MB", worst[0] < 150e6,
+          f"{(worst[0] / 150e6 - 1) * 100:+.0f} %" if worst[0] >= 150e6 else "", profile=False)
+    return out
+
+
+# -- markdown ------------------------------------------------------------------------------------------------
+def fmt_cell(samples: list[dict]) -> dict[str, str]:
+    ok = [s for s in samples if s["ok"]]
+    bad = len(samples) - len(ok)
+    if not ok:
+        return {"time": f"FAILED ({bad}/{len(samples)})", "link": "", "crss": "", "rrss": "", "cpu": "", "n": "0"}
+    secs = [s["seconds"] for s in ok]
+    time_s = f"**{statistics.median(secs):.2f}** ({min(secs):.2f}-{max(secs):.2f})"
+    if bad:
+        time_s += f", {bad} failed"
+    link = med(ok, "link_bytes") or 0
+    rr = max(s["registry_rss"] for s in ok)
+    return {
+        "time": time_s,
+        "link": f"{link / MB:.1f} MB" if link >= 1e5 else f"{link / 1e3:.0f} kB",
+        "crss": f"{max(s['client_rss'] for s in ok) / MB:.0f}",
+        "rrss": f"{rr / MB:.0f}" if rr else "-",
+        "cpu": f"{med(ok, 'client_cpu'):.1f} / {med(ok, 'server_cpu'):.1f} / {med(ok, 'local_daemons_cpu'):.1f}",
+        "n": str(len(ok)),
+    }
+
+
+def results_tables(data: dict) -> list[str]:
+    c = cells(data)
+    L: list[str] = []
+    scen = data["meta"].get("scenarios", {})
+    for sh in SHAPE_ORDER:
+        rows = [(sc, me) for sc in SCENARIO_ORDER for me in METHOD_ORDER if (sc, sh, me) in c]
+        if not rows:
+            continue
+        L += [f"### {shape_label(data, sh)}", "",
+              "| scenario | method | seconds: median (range) | on the link | client peak RSS MB | registry peak RSS MB "
+              "| CPU s: client / server / local daemons | runs |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        last = None
+        for sc, me in rows:
+            f = fmt_cell(c[(sc, sh, me)])
+            name = f"{sc} {scen.get(sc, '')}" if sc != last else ""
+            last = sc
+            lab = f"**{METHOD_LABEL[me]}**" if me == "pussh" else METHOD_LABEL[me]
+            L.append(f"| {name} | {lab} | {f['time']} | {f['link']} | {f['crss']} | {f['rrss']} | {f['cpu']} | {f['n']} |")
+        L.append("")
+        ratio_rows = []
+        for sc in SCENARIO_ORDER:
+            p = med(c.get((sc, sh, "pussh"), []), "seconds")
+            if not p:
+                continue
+            parts = []
+            for me in ("save-load", "registry"):
+                o = med(c.get((sc, sh, me), []), "seconds")
+                if o:
+                    parts.append(f"{o / p:.2f}x vs {METHOD_LABEL[me]}")
+            if parts:
+                ratio_rows.append(f"{sc} {', '.join(parts)}")
+        if ratio_rows:
+            L += ["pussh's speed-up (ratio of medians; above 1 = pussh faster): " + "; ".join(ratio_rows) + ".", ""]
+    return L
+
+
+def _frame(f: str) -> str:
+    """py-spy raw frame "function (path/file.py:line)" -> "function (dir/file.py)"."""
+    m = re.match(r"(.*) \((.*?)(:\d+)?\)$", f.strip())
+    if not m:
+        return f.strip()
+    fn, path = m.group(1), m.group(2)
+    parts = Path(path).parts
+    if "site-packages" in parts:
+        short = "/".join(parts[parts.index("site-packages") + 1:][:1] + parts[-1:])
+    elif len(parts) >= 2:
+        short = "/".join(parts[-2:])
+    else:
+        short = path
+    return f"{fn} ({short})"
+
+
+def profile_section(data: dict) -> list[str]:
+    L: list[str] = []
+    for p in data.get("profiles", []):
+        stacks: dict[str, int] = p.get("stacks", {})
+        total = sum(stacks.values())
+        rate = p.get("rate", 100)
+        L += [f"### {p['scenario']}, {shape_label(data, p['shape'])}: one pussh run under py-spy", "",
+              f"{p['wall']:.1f} s wall (profiler attached), {total} samples at {rate} Hz = {total / rate:.1f} s "
+              "of Python threads on CPU. Command:", "", "```", scrub(p["command"]), "```", ""]
+        if p.get("timeline"):
+            L += ["Timeline (`pussh -v` stderr lines, seconds since the process started):", "", "```"]
+            L += [f"{t:7.2f}  {line[:160]}" for t, line in p["timeline"][:40]]
+            L += ["```", ""]
+        if total:
+            incl: dict[str, int] = defaultdict(int)
+            self_: dict[str, int] = defaultdict(int)
+            for st, n in stacks.items():
+                frames = [f for f in st.split(";") if f]
+                if not frames:
+                    continue
+                for k in {_frame(f) for f in frames}:
+                    incl[k] += n
+                self_[_frame(frames[-1])] += n
+            skip = ("<module>", "run (", "_run_once", "run_forever", "run_until_complete", "main (", "_run (",
+                    "runner (", "_run_module_as_main", "_run_code", "__call__ (click", "invoke (", "command (",
+                    "plugin_main", "_bootstrap", "_bootstrap_inner")
+            L += ["CPU samples by function (inclusive = the function or anything it called):", "",
+                  "| function (file) | inclusive | self |", "| --- | --- | --- |"]
+            shown = [kv for kv in sorted(incl.items(), key=lambda kv: -kv[1]) if not kv[0].startswith(skip)]
+            for k, n in shown[:18]:
+                L.append(f"| `{k}` | {n / total:.0%} | {self_.get(k, 0) / total:.0%} |")
+            L.append("")
+    return L
+
+
+def scrub(cmd: str) -> str:
+    """Commands as a reader would type them: no temp dirs, no absolute repo paths."""
+    cmd = re.sub(r"/tmp/pussh-bench-[^/ ]+/ssh_config", "CONFIG", cmd)
+    cmd = re.sub(r"/tmp/pussh-bench-[^/ ]+/", "WORKDIR/", cmd)
+    return re.sub(r"\S*/\.venv/bin/", ".venv/bin/", cmd)
+
+
+def write_markdown(data: dict, json_name: str) -> str:
+    meta = data["meta"]
+    mach, ver, cfg = meta.get("machine", {}), meta.get("versions", {}), meta.get("config", {})
+    argv = " ".join(meta.get("argv", ["python", "-m", "benchmarks.run"])).replace("python -m", ".venv/bin/python -m")
+    L = ["# pussh benchmarks: results", "",
+         f"Generated by `python -m benchmarks.report` from `benchmarks/out/{json_name}` (the raw measurements; "
+         "not committed). Every number below was measured in that one run, by the commands shown.", "",
+         "## How it was run", "", "```", f"sudo {argv}", "```", "",
+         f"Runs per cell: {cfg.get('runs')}; layer size scale: {cfg.get('scale')}; "
+         f"started {meta.get('started')}, finished {meta.get('finished') or '(not recorded)'}"
+         + (f", {meta['wall_seconds']:.0f} s in all" if meta.get("wall_seconds") else "") + ".", ""]
+    if cfg.get("scale", 1) != 1:
+        L += ["**A scaled-down run: the sizes are not the issue's, so the targets do not apply.**", ""]
+    L += ["## Machine and versions", "",
+          f"- {mach.get('cpu')}, {mach.get('cores')} cores, {mach.get('mem_gb')} GB RAM, {mach.get('os')}, "
+          f"kernel {mach.get('kernel')}",
+          f"- docker CLI {ver.get('docker_cli')}; {ver.get('dockerd', '')}; {ver.get('containerd')}",
+          f"- {ver.get('openssh')}; {ver.get('docker-registry')}",
+          f"- Python {ver.get('python')}, asyncssh {ver.get('asyncssh', '?')}, aiohttp {ver.get('aiohttp', '?')}; "
+          f"pussh at commit {ver.get('pussh_commit', '?')}" + (" (+ uncommitted changes)" if ver.get("pussh_dirty") else ""),
+          "- Test bed (`testbed/`): the client is the root network namespace with its own containerd + dockerd; "
+          "each server is a second host in its own network + mount namespaces (containerd, dockerd, sshd) "
+          "reached over a veth pair. Shaping: `tbf` on both veth ends plus a user-space NFQUEUE delay on each "
+          "receiving end (RTT = 2 x the one-way delay). Client and servers share the same CPU cores and disk.",
+          "- The machine was shared with other engineers' test runs: `machine_busy` in the JSON is the share of "
+          "the machine's CPU busy (anyone's work) during each push.", ""]
+    imgs = meta.get("images", {})
+    if imgs:
+        L += ["## Images (FROM scratch, built by `testbed.build_test_images`)", ""]
+        for d in imgs.values():
+            for tag, info in (d.get("tags") or {}).items():
+                if not info:
+                    continue
+                extra = (f"; only the last layer differs from `{tag.rsplit(':', 1)[0]}:1` "
+                         f"({info['changed_layer'] / MB:.1f} MB)") if info.get("changed_layer") else ""
+                L.append(f"- `{tag}`: busybox + {len(d['sizes_mb'])} layer(s) of {', '.join(f'{s:g}' for s in d['sizes_mb'])} "
+                         f"MB random + {d['text_mb']:g} MB text each: {1 + len(d['sizes_mb'])} layers, "
+                         f"{info['total'] / MB:.1f} MB compressed in all{extra}")
+        L.append("")
+    L += ["## What each method runs", ""]
+    for me in METHOD_ORDER:
+        if me in meta.get("commands", {}):
+            L += [f"**{METHOD_LABEL[me]}**", "", "```"] + meta["commands"][me] + ["```", ""]
+    ex: dict[str, list[str]] = {}
+    for s in data["samples"]:
+        if s["ok"] and s.get("servers", 1) == 1 and s["method"] not in ex and s.get("commands"):
+            ex[s["method"]] = s["commands"]
+    if ex:
+        L += ["The exact commands of one measured cell (CONFIG = the test bed's ssh config):", ""]
+        for me in METHOD_ORDER:
+            if me in ex:
+                L += ["```"] + [scrub(x) for x in ex[me]] + ["```"]
+        L.append("")
+    L += ["How each number is measured:", "",
+          "- **seconds**: wall time of the client-side commands; for the registry path from starting the ssh "
+          "tunnel to the end of `docker pull` on the server. Median and (min-max) of the runs.",
+          "- **on the link**: bytes through the server's veth, both directions (`/sys/class/net/<veth>/statistics` "
+          "tx + rx, summed over the servers): payload plus Ethernet/IP/TCP/SSH overhead and ACKs.",
+          "- **client peak RSS**: `ru_maxrss` from `wait4()` of the client processes (pussh; the `docker` and "
+          "`ssh` CLIs; the largest process of the tree). dockerd's memory is not in it.",
+          "- **registry peak RSS**: pussh's registry container process (VmHWM, polled every 50 ms, found by its "
+          "name `pussh-registry` in the server's namespace), or the distribution registry (VmHWM reset with "
+          "`clear_refs` before each push).",
+          "- **CPU s**: client = the processes above (rusage); server = the server's containerd, dockerd and sshd "
+          "(with their reaped children: ssh sessions, `docker load`/`pull` CLIs) and the registry; local daemons = "
+          "the client's containerd + dockerd, where `docker save`/`docker push` do their work. /proc/PID/stat "
+          "deltas.", ""]
+    targets = evaluate(data)
+    if targets:
+        L += ["## Targets", "", "| | target | measured | goal | met | by how much |",
+              "| --- | --- | --- | --- | --- | --- |"]
+        for tg in targets:
+            ok = "yes" if tg["ok"] else ("**NO**" if tg["ok"] is False else "?")
+            L.append(f"| {tg['id']} | {tg['text']} ({shape_label(data, tg['shape'])}) | {tg['measured']} | "
+                     f"{tg['goal']} | {ok} | {tg['margin']} |")
+        L.append("")
+    L += ["## Results", "", "![seconds per scenario](results.png)", ""]
+    L += results_tables(data)
+    failed = [s for s in data["samples"] if not s["ok"]]
+    if failed:
+        L += ["### Failed pushes", ""]
+        L += [f"- {s['scenario']} {s['shape']} run {s['run']} {s['method']}: {s['error'][:300]}" for s in failed[:20]]
+        L.append("")
+    prof = profile_section(data)
+    if prof:
+        L += ["## Where pussh's time goes in the cells that missed a target", ""] + prof
+    analysis = HERE / "analysis.md"
+    if analysis.exists():
+        L += ["## Analysis", "", analysis.read_text().strip(), ""]
+    return "\n".join(L) + "\n"
+
+
+# -- chart ---------------------------------------------------------------------------------------------------
+def write_chart(data: dict, png: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shapings = list(d["shapings"])
-    methods = list(d["methods"])
-    scs = list(d["scenarios"])
-    fig, axes = plt.subplots(1, len(shapings), figsize=(6 * len(shapings), 4.2), squeeze=False)
-    w = 0.8 / len(methods)
-    for ax, sh in zip(axes[0], shapings):
-        for i, m in enumerate(methods):
-            meds, lo, hi = [], [], []
-            for sc in scs:
-                cs = cells(d, sh, sc, m)
-                v = med(cs, "seconds") or 0
-                r = rng(cs, "seconds") or (v, v)
-                meds.append(v)
-                lo.append(v - r[0])
-                hi.append(r[1] - v)
-            xs = [j + (i - (len(methods) - 1) / 2) * w for j in range(len(scs))]
-            ax.bar(xs, meds, w, yerr=[lo, hi], capsize=3, label=m)
-        ax.set_xticks(range(len(scs)), [f"{sc}\n{d['scenarios'][sc]}" for sc in scs], fontsize=8)
-        rate, delay = d["shapings"][sh]
-        ax.set_title(f"{sh}" + (f" ({rate}, {delay} one-way)" if rate else ""))
-        ax.set_ylabel("wall time (s), median; bars = range")
-        ax.legend()
-    fig.suptitle(f"pussh vs save/load vs registry path — {d['runs']} run(s) per cell", fontsize=10)
+    c = cells(data)
+    shapes = [sh for sh in SHAPE_ORDER if any(k[1] == sh for k in c)] or ["unshaped"]
+    colors = {"save-load": "#9a9a9a", "registry": "#4c72b0", "pussh": "#dd8452"}
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6.5 * len(shapes), 4.8), squeeze=False)
+    for ax, sh in zip(axes[0], shapes, strict=False):
+        scen = [sc for sc in MAIN if any((sc, sh, me) in c for me in METHOD_ORDER)]
+        w = 0.8 / len(METHOD_ORDER)
+        for i, me in enumerate(METHOD_ORDER):
+            xs, ys, lo, hi = [], [], [], []
+            for j, sc in enumerate(scen):
+                v = ok_vals(c.get((sc, sh, me), []), "seconds")
+                if not v:
+                    continue
+                m = statistics.median(v)
+                xs.append(j + (i - (len(METHOD_ORDER) - 1) / 2) * w)
+                ys.append(m)
+                lo.append(m - min(v))
+                hi.append(max(v) - m)
+            if xs:
+                ax.bar(xs, ys, w, yerr=[lo, hi], label=METHOD_LABEL[me], color=colors[me], capsize=2)
+                for x, y in zip(xs, ys, strict=True):
+                    ax.text(x, y * 1.1, f"{y:.1f}" if y >= 1 else f"{y:.2f}", ha="center", fontsize=7)
+        ax.set_xticks(range(len(scen)))
+        ax.set_xticklabels(scen)
+        ax.set_yscale("log")
+        ax.set_ylabel("seconds (median; bars: range; log scale)")
+        ax.set_title(shape_label(data, sh))
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3, which="both")
+    fig.suptitle("S1 first push (4 layers, ~320 MB)  S2 again  S3 last layer changed  S4 20 layers  "
+                 "S5 one 1 GiB layer  S8 three servers", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
-def main() -> int:
-    src = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "out" / "basic-latest.json"
-    d = json.loads(src.read_text())
-    mc = d["machine"]
-    loads = [c["loadavg"] for c in d["cells"]]
-    busy = [c["machine_busy"] for c in d["cells"]]
-    lines = [
-        "# pussh benchmarks", "",
-        "Generated by `benchmarks/report.py` from `benchmarks/out/` (raw JSON, not committed). Measured with:", "",
-        f"    {d['command']}", "",
-        f"Started {d['started']}; {d['runs']} run(s) per cell; methods interleaved within each run.", "",
-        "## Machine", "",
-        f"- {mc['nproc']} CPUs ({mc['cpu']}), {mc['mem_gb']} GB RAM, kernel {mc['kernel']}",
-        f"- {mc['docker']}; {mc['containerd']}; {mc['openssh']}; Python {mc['python']}; {mc['docker_registry']}",
-        f"- load average at start {' '.join(mc['loadavg_start'])}, at end {' '.join(d.get('loadavg_end', ['?']))}; "
-        f"1-min load during pushes {min(loads, default=0):.2f}–{max(loads, default=0):.2f}; share of the machine's "
-        f"CPU busy during pushes (anyone's work) median {statistics.median(busy) if busy else 0:.0%}. Other test runs "
-        "shared this 2-core machine, so absolute times carry that noise.",
-        "- Server: a test-bed `RemoteHost` (own netns+mountns, containerd store, sshd) reached over a veth on the "
-        "same machine; shaping = `RemoteHost.shape(rate, delay)` (HTB rate + one-way delay on the veth).", "",
-        "## Workload", "",
-        f"`bench/app:1`: busybox + {'/'.join(f'{s:g}' for s in d['sizes_mb'])} MB random-data layers "
-        f"({image_bytes(d['image_blobs']['bench/app:1']) / MB:.1f} MB compressed, everything the server needs); "
-        f"`bench/app:1-v2` differs only in the last layer "
-        f"({d['image_blobs']['bench/app:1-v2']['layers'][-1][1] / MB:.2f} MB compressed).", "",
-        "Scenarios: " + "; ".join(f"{k} = {v}" for k, v in d["scenarios"].items()) +
-        ". Before each S1 the server is reset per method (bench images removed and garbage-collected; "
-        "the distribution registry restarted on empty storage; pussh's registry image stays on the server "
-        "and pussh's local cache dir is emptied).", "",
-        "## Methods (exact commands)", ""]
-    for m, info in d["methods"].items():
-        lines.append(f"- **{m}** — {info['label']}:")
-        lines += [f"    - `{t}`" for t in info["templates"]]
-    lines += ["", "Columns: wall = the client command(s) from start to end; on the link = tx+rx byte counters of "
-              "the server's veth across the push; client CPU/RSS = user+sys and peak RSS from wait4() rusage of "
-              "the client processes (pussh with its children; for save/load the bash pipeline incl. `docker save` "
-              "CLI and ssh; for the registry path `docker push` CLI, ssh tunnel, ssh pull) — daemons not included; "
-              "server registry CPU = pussh's registry container / the running docker-registry.", ""]
-    for sh, (rate, delay) in d["shapings"].items():
-        lines += [f"## {sh}" + (f" — {rate}, {delay} one-way delay (20 ms RTT)" if rate else " — veth, no shaping"), ""]
-        lines += table(d, sh) + [""]
-    lines += ["## Targets", "", "| target | measured | verdict | where missed: by how much, likely cause |",
-              "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in targets(d)]
-    fails = [c for c in d["cells"] if not c["ok"]]
-    if fails:
-        lines += ["", "## Failed pushes", ""] + [f"- {c['shaping']} {c['scenario']} {c['method']} run {c['run']}: "
-                                                 f"{c['error'][:300]}" for c in fails]
-    lines += ["", "![wall times](results.png)", ""]
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
-    plot(d, HERE / "results.png")
-    print(f"wrote {HERE / 'RESULTS.md'} and {HERE / 'results.png'}")
+def write_report(json_path: Path, md: Path | None = None, png: Path | None = None) -> tuple[Path, Path]:
+    data = normalize(json.loads(Path(json_path).read_text()))
+    md = md or HERE / "RESULTS.md"
+    png = png or md.with_name("results.png")
+    write_chart(data, png)
+    md.write_text(write_markdown(data, Path(json_path).name))
+    return md, png
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("json", nargs="?")
+    ap.add_argument("--md")
+    ap.add_argument("--png")
+    a = ap.parse_args(argv)
+    path = Path(a.json) if a.json else max((HERE / "out").glob("*.json"), key=lambda p: p.stat().st_mtime, default=None)
+    if path is None:
+        print("no benchmarks/out/*.json: run python -m benchmarks.run first", file=sys.stderr)
+        return 2
+    md, png = write_report(path, Path(a.md) if a.md else None, Path(a.png) if a.png else None)
+    print(f"wrote {md} and {png}")
     return 0
 
 

@@ -1,178 +1,415 @@
-"""pussh against `docker save | ssh docker load` and a registry over `ssh -L`, side by side in one run.
+"""pussh against `docker save | ssh | docker load` and against the registry path (`docker push` through
+`ssh -L` + `docker pull`), side by side, on the real two-host test bed. Writes the raw measurements
+to benchmarks/out/<time>.json, then benchmarks/RESULTS.md and benchmarks/results.png from them.
 
-    sudo .venv/bin/python -m benchmarks.run [--quick] [--runs N] [--shaping unshaped,shaped]
+    sudo .venv/bin/python -m benchmarks.run                # everything: S1-S8, 3 runs, unshaped + 200 Mbit/s 20 ms RTT
+    sudo .venv/bin/python -m benchmarks.run --quick        # S1-S3, 2 runs, both shapes (a few minutes)
+    sudo .venv/bin/python -m benchmarks.run --scenarios S1,S3 --runs 5 --shapes shaped
+    sudo .venv/bin/python -m benchmarks.run --quick --runs 1 --scale 0.05 --no-report   # smoke test
+    .venv/bin/python -m benchmarks.report benchmarks/out/<time>.json                # tables + chart again
 
-Scenarios (each on one server, unshaped and at 200 Mbit/s with 20 ms RTT):
-  S1  first push of bench/app:1 (busybox + 150/100/50 MB random layers) to an emptied server
-  S2  the same push again
-  S3  bench/app:1-v2 (only the last ~50 MB layer differs) with bench/app:1 on the server
-Before each S1 the server is reset for that method: bench images removed, containerd garbage
-collected (the pussh registry image stays: it is sent once, not measured), the distribution
-registry restarted on empty storage. Methods are interleaved within each run.
-Raw results: benchmarks/out/results-<UTC>.json (+ out/latest.json); then `python -m benchmarks.report`.
+Scenarios: S1 first push of a ~320 MB 4-layer image; S2 the same again; S3 only the last ~50 MB layer
+changed; S4 a 20-layer image; S5 a single 1 GiB layer; S6.1-3 = S1-S3 to a server with Docker's classic
+store; S7.1-3 = S1-S3 from a client with Docker's classic store; S8 S1 to three servers at once.
+Before each first push (S1, S4, S5, S6.1, S7.1, S8) the servers are reset: every bench image removed
+(and containerd's garbage collection waited for), the distribution registry emptied, pussh's layer
+cache emptied. Methods are interleaved run by run, in rotating order.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
-import shlex
-import statistics
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from testbed import build_test_image_pair
-
-from .bed import Bed
-from .measure import Probe
-from .methods import METHODS
+from .bed import REPO, Bed
+from .measure import Probe, children_of
+from .methods import METHODS, Method, Pussh
 
 OUT = Path(__file__).resolve().parent / "out"
-IMAGE, IMAGE_V2 = "bench/app:1", "bench/app:1-v2"
-SIZES_MB = [150, 100, 50]
-SHAPINGS = {"unshaped": (None, None), "shaped": ("200mbit", "10ms")}
-SCENARIOS = {
-    "S1": ("first push", IMAGE),
-    "S2": ("same push again", IMAGE),
-    "S3": ("v2 (last layer changed) after v1", IMAGE_V2),
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    family: str
+    sizes_mb: tuple[float, ...]
+    text_mb: float
+    variants: int  # tags :1 .. :variants (only the last layer differs)
+
+    def tag(self, v: int) -> str:
+        return f"bench/{self.family}:{v}"
+
+
+IMAGES = {
+    "app4": ImageSpec("app4", (150, 100, 50), 3, 2),       # busybox + 3 layers, ~320 MB
+    "app20": ImageSpec("app20", (15,) * 19, 1, 1),         # busybox + 19 layers, ~310 MB
+    "app1g": ImageSpec("app1g", (1024,), 0, 1),             # busybox + one 1 GiB layer
 }
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+@dataclass(frozen=True)
+class Group:
+    """Scenarios measured one after the other from one reset."""
+    key: str
+    local_store: str
+    remotes: tuple[tuple[str, str], ...]  # (bed key, store)
+    image: str
+    steps: tuple[tuple[str, int], ...]  # (scenario id, image variant)
 
 
-def version(argv: list[str]) -> str:
-    try:
-        cp = subprocess.run(argv, capture_output=True, text=True, timeout=20)
-        return (cp.stdout or cp.stderr).strip().splitlines()[0]
-    except Exception as e:  # noqa: BLE001
-        return f"? ({e})"
+GROUPS = [
+    Group("main", "containerd", (("a", "containerd"),), "app4", (("S1", 1), ("S2", 1), ("S3", 2))),
+    Group("layers20", "containerd", (("a", "containerd"),), "app20", (("S4", 1),)),
+    Group("big", "containerd", (("a", "containerd"),), "app1g", (("S5", 1),)),
+    Group("classic-server", "containerd", (("d", "classic"),), "app4",
+          (("S6.1", 1), ("S6.2", 1), ("S6.3", 2))),
+    Group("classic-client", "classic", (("a", "containerd"),), "app4", (("S7.1", 1), ("S7.2", 1), ("S7.3", 2))),
+    Group("three-servers", "containerd", (("a", "containerd"), ("b", "containerd"), ("c", "containerd")), "app4",
+          (("S8", 1),)),
+]
+SCENARIOS = {
+    "S1": "first push, 4 layers (~320 MB)", "S2": "the same push again",
+    "S3": "last layer (~50 MB) changed", "S4": "first push, 20 layers", "S5": "first push, one 1 GiB layer",
+    "S6.1": "classic-store server: first push", "S6.2": "classic-store server: again",
+    "S6.3": "classic-store server: last layer changed", "S7.1": "classic-store client: first push",
+    "S7.2": "classic-store client: again", "S7.3": "classic-store client: last layer changed",
+    "S8": "first push to three servers at once",
+}
 
 
-def machine() -> dict:
-    return {
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), "?"),
-        "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "docker": version(["docker", "--version"]),
-        "containerd": version(["containerd", "--version"]),
-        "openssh": version(["ssh", "-V"]),
-        "python": sys.version.split()[0],
-        "docker_registry": version(["dpkg-query", "-W", "-f", "${Package} ${Version}", "docker-registry"]),
-        "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
-    }
+class Runner:
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.t0 = time.monotonic()
+        self.data: dict = {"meta": {}, "samples": [], "profiles": [], "log": []}
+        self.workdir = Path(tempfile.mkdtemp(prefix="pussh-bench-"))
+        self.bed = Bed(self.workdir, log=self.log)
+        self.methods: dict[str, Method] = {n: METHODS[n](self.bed, self.workdir) for n in a.methods}
+        self.out_path = Path(a.out) if a.out else OUT / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
 
+    def log(self, msg: str) -> None:
+        line = f"[{time.monotonic() - self.t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        self.data["log"].append(line)
 
-def wait_gc(bed: Bed, remote, timeout: float = 10) -> int | None:
-    """After the images are gone, wait until the server's content count stops dropping (containerd's
-    GC runs shortly after an image delete)."""
-    last, stable, deadline = None, 0, time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        n = bed.content_count(remote)
-        stable = stable + 1 if n == last else 0
-        if stable >= 3:
-            break
-        last = n
-        time.sleep(0.3)
-    return last
+    # -- set-up --------------------------------------------------------------------------------------
+    def groups(self) -> list[Group]:
+        want = set(self.a.scenarios)
+        return [g for g in GROUPS if any(s.split(".")[0] in want or s in want for s, _ in g.steps)]
 
+    def steps(self, g: Group) -> list[tuple[str, int]]:
+        want = set(self.a.scenarios)
+        chosen = [(s, v) for s, v in g.steps if s in want or s.split(".")[0] in want]
+        # a later step needs the earlier ones (S3 starts from S1's result): keep the prefix
+        last = max(g.steps.index(x) for x in chosen)
+        return list(g.steps[:last + 1])
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="S1-S3, 1 run per cell")
-    p.add_argument("--runs", type=int, default=None, help="runs per cell (default 3; 1 with --quick)")
-    p.add_argument("--shaping", default="unshaped,shaped")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--sizes", default=",".join(map(str, SIZES_MB)), help="MB per data layer")
-    args = p.parse_args()
-    runs = args.runs or (1 if args.quick else 3)
-    shapings = [s for s in args.shaping.split(",") if s]
-    sizes = [float(x) for x in args.sizes.split(",")]
-    if os.geteuid() != 0:
-        sys.exit("run as root: sudo .venv/bin/python -m benchmarks.run")
-    OUT.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out_path = OUT / f"results-{stamp}.json"
-    result: dict = {"command": shlex.join(["sudo", ".venv/bin/python", "-m", "benchmarks.run", *sys.argv[1:]]),
-                    "started": stamp, "machine": machine(), "runs": runs, "sizes_mb": sizes,
-                    "shapings": {k: SHAPINGS[k] for k in shapings},
-                    "scenarios": {k: v[0] for k, v in SCENARIOS.items()}, "methods": {}, "cells": []}
+    def sizes(self, spec: ImageSpec) -> list[float]:
+        return [max(round(s * self.a.scale, 1), 0.1) for s in spec.sizes_mb]
 
-    def save() -> None:
-        result["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-        out_path.write_text(json.dumps(result, indent=1))
-        (OUT / "latest.json").write_text(json.dumps(result, indent=1))
+    def setup(self) -> None:
+        groups = self.groups()
+        for g in groups:
+            self.bed.local(g.local_store)
+            for key, store in g.remotes:
+                self.bed.remote(key, store)
+        t = time.monotonic()
+        self.bed.registry_image(self.bed.local("containerd"))  # the tar is cached by source hash
+        self.log(f"setup: registry image ready in {time.monotonic() - t:.1f}s")
+        built: set[tuple[str, str]] = set()
+        images: dict = {}
+        for g in groups:
+            spec = IMAGES[g.image]
+            if (g.local_store, g.image) in built:
+                continue
+            built.add((g.local_store, g.image))
+            local = self.bed.local(g.local_store)
+            t = time.monotonic()
+            names = {spec.tag(v): v for v in range(1, spec.variants + 1)}
+            self.bed.build_images(local, names, self.sizes(spec), seed=f"bench-{g.image}", text_mb=spec.text_mb)
+            self.log(f"setup: built {', '.join(names)} on the {g.local_store}-store client "
+                     f"in {time.monotonic() - t:.1f}s")
+            if g.local_store == "containerd":
+                info = {}
+                for name in names:
+                    b = self.bed.image_blobs(local, name)
+                    if b:
+                        b["total"] = b["index"] + b["manifest"] + b["config"] + sum(s for _, s in b["layers"])
+                    info[name] = b
+                if spec.variants > 1 and info.get(spec.tag(2)):
+                    # the changed layer alone (compressed), and with the new config + manifest (+ index)
+                    v1 = {d for d, _ in info[spec.tag(1)]["layers"]}
+                    v2 = info[spec.tag(2)]
+                    v2["changed_layer"] = sum(s for d, s in v2["layers"] if d not in v1)
+                    v2["changed"] = v2["changed_layer"] + v2["manifest"] + v2["config"] + v2["index"]
+                images[g.image] = {"sizes_mb": self.sizes(spec), "text_mb": spec.text_mb, "tags": info}
+        self.data["meta"]["images"] = images
+        for m in self.methods.values():
+            for r in self.bed.remotes():
+                m.prepare(r)
+        # warm-up (unmeasured): every method once to every server from every client, tiny image
+        for store in sorted({g.local_store for g in groups}):
+            local = self.bed.local(store)
+            self.bed.build_images(local, {"bench/warm:1": 1}, [1], seed="bench-warm", text_mb=0)
+            remotes = [self.bed.remote(k) for g in groups if g.local_store == store for k, _ in g.remotes]
+            remotes = list({r.alias: r for r in remotes}.values())
+            for m in self.methods.values():
+                for r in remotes:
+                    o = m.push(local, "bench/warm:1", [r])
+                    if not o.ok:
+                        raise RuntimeError(f"warm-up {m.name} -> {r.alias} failed: {o.error}")
+        self.log("setup: warm-up pushes done")
+        self.save()
 
-    workdir = Path(tempfile.mkdtemp(prefix="pussh-bench-"))
-    bed = Bed(workdir, log=log)
-    methods = []
-    try:
-        local = bed.local("containerd")
-        remote = bed.remote("a", "containerd")
-        log("registry image")
-        bed.registry_image(local)
-        log(f"building {IMAGE} and {IMAGE_V2} ({sizes} MB + busybox)")
-        build_test_image_pair(local, IMAGE, sizes)
-        result["image_blobs"] = {IMAGE: bed.image_blobs(local, IMAGE), IMAGE_V2: bed.image_blobs(local, IMAGE_V2)}
-        for name in args.methods.split(","):
-            m = METHODS[name](bed, workdir)
-            log(f"prepare {name}")
-            m.prepare(remote)
-            methods.append(m)
-            result["methods"][name] = {"label": m.label, "templates": m.templates()}
-        save()
-        for shaping in shapings:
-            rate, delay = SHAPINGS[shaping]
-            bed.shape([remote], rate, delay)
-            for run in range(runs):
-                for m in methods:
-                    for sc, (_, image) in SCENARIOS.items():
-                        if sc == "S1":
-                            m.reset(local, [remote])
-                            left = wait_gc(bed, remote)
-                        probe = Probe(lambda: bed.link_bytes([remote]), bed.daemon_pids(remote),
-                                      registry_pids=m.registry_pids([remote]), registry_comm=m.registry_comm,
-                                      netns=[bed.netns_inode(remote)], delayers=bed.delayer_pids(remote)).start()
-                        try:
-                            o = m.push(local, image, [remote])
-                        finally:
-                            pr = probe.stop()
-                        cell = {"shaping": shaping, "run": run, "method": m.name, "scenario": sc, "image": image,
-                                "ok": o.ok, "error": o.error, "seconds": round(o.seconds, 3),
-                                "link_tx": pr.link_tx, "link_rx": pr.link_rx, "link_bytes": pr.link_tx + pr.link_rx,
-                                "client_cpu": round(o.client_cpu, 3), "client_rss": o.client_rss,
-                                "server_registry_cpu": pr.registry_cpu, "server_registry_rss": pr.registry_rss,
-                                "server_daemons_cpu": pr.daemons_cpu, "delayer_cpu": pr.delayer_cpu,
-                                "machine_busy": pr.machine_busy, "loadavg": pr.loadavg,
-                                "blobs_left_after_reset": left if sc == "S1" else None,
-                                "commands": o.commands, "details": o.details}
-                        result["cells"].append(cell)
-                        log(f"{shaping} run {run + 1}/{runs} {m.name:9} {sc}: {o.seconds:7.2f}s "
-                            f"{(pr.link_tx + pr.link_rx) / 1e6:8.2f} MB link, cpu {o.client_cpu:5.2f}s, "
-                            f"rss {o.client_rss / 2**20:6.1f} MiB {'ok' if o.ok else 'FAILED: ' + o.error[:300]}")
-                        save()
-            bed.shape([remote], None, None)
-    finally:
-        for m in methods:
+    # -- one push ------------------------------------------------------------------------------------
+    def settle(self, remotes) -> None:
+        """Wait (untimed) for the servers' ssh sessions to end, so their CPU lands in sshd's cutime."""
+        sshds = [p for r in remotes for n, p in self.bed.daemon_pids(r).items() if n == "sshd"]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(children_of(p) for p in sshds):
+            time.sleep(0.05)
+
+    def reset(self, m: Method, g: Group) -> dict:
+        remotes = [self.bed.remote(k) for k, _ in g.remotes]
+        m.reset(self.bed.local(g.local_store), remotes)
+        return {self.bed.alias(r): self.bed.wait_gc(r) for r in remotes}
+
+    def measure(self, m: Method, g: Group, scenario: str, image: str, shape: str, run: int) -> dict:
+        local = self.bed.local(g.local_store)
+        remotes = [self.bed.remote(k) for k, _ in g.remotes]
+        daemons = {f"local.{n}": p for n, p in self.bed.daemon_pids(local).items()}
+        for key, _ in g.remotes:
+            daemons |= {f"{key}.{n}": p for n, p in self.bed.daemon_pids(self.bed.remote(key)).items()}
+        probe = Probe(lambda: self.bed.link_bytes(remotes), daemons, registry_pids=m.registry_pids(remotes),
+                      registry_comm=m.registry_comm, netns=[self.bed.netns_inode(r) for r in remotes],
+                      delayers=[p for r in remotes for p in self.bed.delayer_pids(r)]).start()
+        try:
+            o = m.push(local, image, remotes)
+            self.settle(remotes)
+        finally:
+            pr = probe.stop()
+        s = {"scenario": scenario, "group": g.key, "method": m.name, "shape": shape, "run": run, "image": image,
+             "servers": len(remotes), "seconds": round(o.seconds, 3), "ok": o.ok, "error": o.error,
+             "client_cpu": round(o.client_cpu, 3), "client_rss": o.client_rss, **asdict(pr),
+             "link_bytes": pr.link_tx + pr.link_rx, "details": o.details, "commands": o.commands}
+        s["server_cpu"] = round(pr.registry_cpu + sum(v for k, v in pr.daemons_cpu.items()
+                                                       if not k.startswith("local.")), 3)
+        s["local_daemons_cpu"] = round(sum(v for k, v in pr.daemons_cpu.items() if k.startswith("local.")), 3)
+        s["cpu"] = round(s["client_cpu"] + s["server_cpu"] + s["local_daemons_cpu"], 3)
+        return s
+
+    # -- the loops -----------------------------------------------------------------------------------
+    def shapes(self) -> list[tuple[str, str | None, str | None]]:
+        return [("unshaped", None, None) if s == "unshaped" else ("shaped", self.a.rate, self.a.delay)
+                for s in self.a.shapes]
+
+    def run(self) -> None:
+        self.data["meta"].update(self.meta())
+        self.setup()
+        all_remotes = self.bed.remotes()
+        for shape, rate, delay in self.shapes():
+            self.bed.shape(all_remotes, rate, delay)
+            self.log(f"== {shape}" + (f" ({rate}, one-way delay {delay})" if rate or delay else ""))
+            for g in self.groups():
+                steps = self.steps(g)
+                for run in range(self.a.runs):
+                    names = list(self.methods)
+                    k = run % len(names)
+                    for name in names[k:] + names[:k]:
+                        m = self.methods[name]
+                        left = self.reset(m, g)
+                        for scenario, v in steps:
+                            s = self.measure(m, g, scenario, IMAGES[g.image].tag(v), shape, run)
+                            if scenario == steps[0][0]:
+                                s["blobs_left_after_reset"] = left
+                            self.data["samples"].append(s)
+                            self.log(f"{shape} {scenario:5} run {run} {name:9} {s['seconds']:7.2f}s "
+                                     f"link {s['link_bytes'] / 1e6:8.1f} MB  client {s['client_cpu']:5.1f} cpu-s "
+                                     f"{s['client_rss'] / 1e6:5.0f} MB  registry {s['registry_rss'] / 1e6:4.0f} MB"
+                                     f"  cpu {s['cpu']:5.1f}s  busy {s['machine_busy']:.0%}"
+                                     + ("" if s["ok"] else f"  FAILED: {s['error']}"))
+                            self.save()
+            self.bed.shape(all_remotes, None, None)
+        if self.a.profile:
+            self.profile()
+        self.data["meta"]["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+        self.data["meta"]["wall_seconds"] = round(time.monotonic() - self.t0, 1)
+        self.save()
+
+    # -- profiles of missed targets ----------------------------------------------------------------------
+    def profile(self) -> None:
+        from .report import evaluate
+        missed = {(t["scenario"], t["shape"]) for t in evaluate(self.data) if t["ok"] is False and t.get("profile")}
+        if not missed or "pussh" not in self.methods:
+            return
+        pyspy = shutil.which("py-spy") or str(REPO / ".venv/bin/py-spy")
+        if not Path(pyspy).exists():
+            self.log("profile: py-spy not found (.venv/bin/pip install py-spy): no profiles")
+            return
+        m = self.methods["pussh"]
+        assert isinstance(m, Pussh)
+        all_remotes = self.bed.remotes()
+        for scenario, shape in sorted(missed):
+            g = next((g for g in self.groups() if any(s == scenario for s, _ in g.steps)), None)
+            sh = next((x for x in self.shapes() if x[0] == shape), None)
+            if g is None or sh is None:
+                continue
+            self.bed.shape(all_remotes, sh[1], sh[2])
+            local = self.bed.local(g.local_store)
+            remotes = [self.bed.remote(k) for k, _ in g.remotes]
+            self.reset(m, g)
+            for step, v in g.steps:
+                image = IMAGES[g.image].tag(v)
+                if step != scenario:
+                    m.push(local, image, remotes)
+                    continue
+                self.log(f"profile: {scenario} {shape} under py-spy")
+                self.data["profiles"].append(self.profile_one(pyspy, m, local, image, remotes, scenario, shape))
+                self.save()
+                break
+            self.bed.shape(all_remotes, None, None)
+
+    def profile_one(self, pyspy: str, m: Pussh, local, image: str, remotes, scenario: str, shape: str) -> dict:
+        raw = self.workdir / f"profile-{scenario}-{shape}.txt"
+        argv = [a for a in m.argv(image, remotes, "-v") if a != "-q"]
+        cmd = [pyspy, "record", "--nonblocking", "--rate", "200", "--format", "raw", "--output", str(raw),
+               "--", *argv]
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, env=m.env(local), cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        timeline: list[tuple[float, str]] = []
+
+        def read_err() -> None:
+            assert p.stderr is not None
+            for line in p.stderr:
+                timeline.append((round(time.monotonic() - t0, 3), line.rstrip()))
+        th = threading.Thread(target=read_err)
+        th.start()
+        out = p.stdout.read() if p.stdout else ""
+        p.wait()
+        th.join()
+        wall = time.monotonic() - t0
+        stacks: dict[str, int] = {}
+        if raw.exists():
+            for line in raw.read_text().splitlines():
+                st, _, n = line.rpartition(" ")
+                if n.isdigit():
+                    stacks[st] = stacks.get(st, 0) + int(n)
+        return {"scenario": scenario, "shape": shape,
+                "command": " ".join(cmd).replace(str(raw), "OUT.txt").replace(self.bed.ssh_config, "CONFIG"),
+                "wall": round(wall, 2), "rc": p.returncode, "stdout": out[-2000:],
+                "timeline": [t for t in timeline if not t[1].startswith(("py-spy>", "Sampling"))][-60:],
+                "stacks": stacks, "rate": 200}
+
+    # -- bookkeeping -----------------------------------------------------------------------------------
+    def meta(self) -> dict:
+        def sh(*argv: str) -> str:
+            try:
+                cp = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+                return (cp.stdout or cp.stderr).strip()
+            except (OSError, subprocess.TimeoutExpired):
+                return "?"
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), platform.processor())
+        mem = next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+        osr = dict(ln.split("=", 1) for ln in Path("/etc/os-release").read_text().splitlines() if "=" in ln)
+        import aiohttp
+        import asyncssh
+        return {
+            "started": dt.datetime.now().isoformat(timespec="seconds"),
+            "argv": ["python", "-m", "benchmarks.run", *sys.argv[1:]],
+            "config": {"runs": self.a.runs, "scale": self.a.scale, "shapes": self.a.shapes, "rate": self.a.rate,
+                       "delay_one_way": self.a.delay, "scenarios": self.a.scenarios, "methods": self.a.methods},
+            "machine": {"cpu": cpu, "cores": os.cpu_count(), "mem_gb": round(int(mem) / 2**20, 1),
+                        "kernel": platform.release(), "os": osr.get("PRETTY_NAME", "?").strip('"')},
+            "versions": {
+                "docker_cli": (sh("docker", "version", "--format", "{{.Client.Version}}").splitlines() or ["?"])[0],
+                "dockerd": sh("dockerd", "--version"), "containerd": sh("containerd", "--version"),
+                "openssh": sh("ssh", "-V"), "docker-registry": sh("docker-registry", "--version"),
+                "python": platform.python_version(), "asyncssh": asyncssh.__version__,
+                "aiohttp": aiohttp.__version__,
+                "pussh_commit": sh("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
+                "pussh_dirty": bool(sh("git", "-C", str(REPO), "status", "--porcelain", "--", "pussh", "registry",
+                                       "ctrd", "oci")),
+            },
+            "commands": {name: m.templates() for name, m in self.methods.items()},
+            "scenarios": SCENARIOS,
+        }
+
+    def save(self) -> None:
+        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.rename(self.out_path)
+
+    def close(self) -> None:
+        for m in self.methods.values():
             try:
                 m.stop()
             except Exception as e:  # noqa: BLE001
-                log(f"stopping {m.name}: {e}")
-        bed.close()
-        save()
-    summary = {}
-    for c in result["cells"]:
-        summary.setdefault((c["shaping"], c["scenario"], c["method"]), []).append(c["seconds"])
-    for k, v in summary.items():
-        log(f"{' '.join(k)}: median {statistics.median(v):.2f}s")
-    log(f"wrote {out_path}")
+                self.log(f"stopping {m.name}: {e}")
+        self.bed.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="S1-S3 only, 2 runs (unless --runs), both shapes")
+    ap.add_argument("--runs", type=int, help="runs per cell (default 3; --quick 2)")
+    ap.add_argument("--scenarios", help="comma-separated, e.g. S1,S3,S6 (default all)")
+    ap.add_argument("--methods", default="save-load,registry,pussh")
+    ap.add_argument("--shapes", default="unshaped,shaped")
+    ap.add_argument("--rate", default="200mbit")
+    ap.add_argument("--delay", default="10ms", help="one way (RTT = 2 x delay)")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the layer sizes (smoke tests: 0.05)")
+    ap.add_argument("--out", help="raw JSON (default benchmarks/out/<time>.json)")
+    ap.add_argument("--no-profile", dest="profile", action="store_false",
+                    help="do not profile pussh (py-spy) in the cells that miss a target")
+    ap.add_argument("--no-report", dest="report", action="store_false",
+                    help="do not write benchmarks/RESULTS.md and the chart")
+    a = ap.parse_args(argv)
+    a.runs = a.runs or (2 if a.quick else 3)
+    default = "S1,S2,S3" if a.quick else "S1,S2,S3,S4,S5,S6,S7,S8"
+    a.scenarios = [s.strip().upper() for s in (a.scenarios or default).split(",") if s.strip()]
+    a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    a.shapes = [s.strip() for s in a.shapes.split(",") if s.strip()]
+    bad = [m for m in a.methods if m not in METHODS] + [s for s in a.shapes if s not in ("unshaped", "shaped")]
+    bad += [s for s in a.scenarios if not re.fullmatch(r"S[1-8](\.[1-3])?", s)]
+    if bad:
+        ap.error(f"unknown: {', '.join(bad)}")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if os.geteuid() != 0:
+        print("benchmarks: the test bed needs root (sudo .venv/bin/python -m benchmarks.run)", file=sys.stderr)
+        return 2
+    r = Runner(a)
+    try:
+        r.run()
+    except KeyboardInterrupt:
+        r.log("interrupted: partial results kept")
+        return 130
+    finally:
+        r.save()
+        r.close()
+        print(f"raw measurements: {r.out_path}")
+    if a.report:
+        from .report import write_report
+        md, png = write_report(r.out_path)
+        print(f"wrote {md} and {png}")
     return 0
 
 
