@@ -245,7 +245,7 @@ http:
         for t in threads:
             t.join()
         out = Outcome(max(self._end.values()) - t0, not errors, "; ".join(errors))
-        for alias, ran in results.items():
+        for ran in results.values():
             for i, r in enumerate(ran):
                 if i == len(ran) - 1:  # the tunnel: ended by us (SIGTERM), its exit code says nothing
                     out.client_cpu += r.cpu

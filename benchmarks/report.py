@@ -263,8 +263,84 @@ def _frame(f: str) -> str:
     return f"{fn} ({short})"
 
 
+LIBS = [("asyncssh/", "asyncssh: SSH crypto, channels, port forwarding"),
+        ("aiohttp/", "aiohttp: HTTP client"), ("multidict/", "aiohttp: HTTP client"), ("yarl/", "aiohttp: HTTP client"),
+        ("grpclib/", "containerd client: grpclib, h2, protobuf, ctrd"), ("h2/", "containerd client: grpclib, h2, protobuf, ctrd"),
+        ("hpack/", "containerd client: grpclib, h2, protobuf, ctrd"),
+        ("google/protobuf", "containerd client: grpclib, h2, protobuf, ctrd"),
+        ("ctrd/", "containerd client: grpclib, h2, protobuf, ctrd"),
+        ("rich/", "rich: progress output"), ("click/", "click"), ("zstandard", "zstandard"),
+        ("pussh/", "pussh's own code (+ oci)"), ("oci/", "pussh's own code (+ oci)")]
+
+
+def category(frames: list[str]) -> str:
+    """What a CPU sample was doing: imports, else the library nearest the leaf, else the event loop."""
+    if not frames:
+        return "no Python frame (interpreter start-up/exit, native code)"
+    if any("_find_and_load" in f or "<frozen site>" in f for f in frames):
+        return "Python start-up: imports"
+    for f in reversed(frames):
+        m = re.search(r"\((.*?)(:\d+)?\)$", f)
+        path = m.group(1) if m else f
+        for key, cat in LIBS:
+            if key in path:
+                return cat
+    return "asyncio event loop + stdlib"
+
+
+PHASES = [("probe", re.compile(r"(containerd|classic) image store")), ("resolved", re.compile(r": local image ")),
+          ("diffed", re.compile(r"blobs to send|is already sha256")), ("blob", re.compile(r": sent .* in [0-9.]+s"))]
+
+
+def phases(timeline: list, wall: float) -> list[str]:
+    """Where the wall time went, from the stamped `pussh -v` lines."""
+    at: dict[str, float] = {}
+    blobs = []
+    for t, line in timeline:
+        for name, rx in PHASES:
+            if rx.search(line):
+                if name == "blob":
+                    blobs.append(t)
+                else:
+                    at.setdefault(name, t)
+    out = []
+    prev = 0.0
+    for name, label in (("probe", "start-up, SSH connection, server probe"), ("resolved", "local image resolved"),
+                        ("diffed", "registry container started (if needed) + HEAD of every blob")):
+        if name in at:
+            out.append(f"{label}: {at[name] - prev:.2f} s (at {at[name]:.2f} s)")
+            prev = at[name]
+    if blobs:
+        out.append(f"blob uploads until the last one finished: {max(blobs) - prev:.2f} s (at {max(blobs):.2f} s)")
+        prev = max(blobs)
+    out.append(f"manifests, tag, registry removal, exit: {wall - prev:.2f} s (process ended at {wall:.2f} s)")
+    return out
+
+
 def profile_section(data: dict) -> list[str]:
     L: list[str] = []
+    st = data.get("startup")
+    if st and st.get("seconds"):
+        v = st["seconds"]
+        L += [f"Start-up alone, `{st['command']}` (interpreter, imports, click): median {statistics.median(v):.2f} s "
+              f"({min(v):.2f}-{max(v):.2f}, {len(v)} runs).", ""]
+    c = cells(data)
+    rows = []
+    for (sc, sh, me), ss in sorted(c.items(), key=lambda kv: (SHAPE_ORDER.index(kv[0][1]) if kv[0][1] in SHAPE_ORDER else 9,
+                                                               SCENARIO_ORDER.index(kv[0][0]) if kv[0][0] in SCENARIO_ORDER else 99)):
+        if me != "pussh":
+            continue
+        inner = [max((h.get("seconds") or 0) for h in s["details"].get("hosts", [{}])) for s in ss
+                 if s["ok"] and s.get("details", {}).get("hosts")]
+        wall = ok_vals(ss, "seconds")
+        if inner and wall:
+            w, i = statistics.median(wall), statistics.median(inner)
+            rows.append(f"| {sc} | {shape_label(data, sh)} | {w:.2f} | {i:.2f} | {w - i:.2f} |")
+    if rows:
+        L += ["pussh's wall time against its own timer (`seconds` in its JSON: from the SSH connect to the end of "
+              "the host's push; the rest is start-up, reading the local image's index, and exit), medians:", "",
+              "| scenario | shape | wall s | in push_to_host s | outside s |", "| --- | --- | --- | --- | --- |"]
+        L += rows + [""]
     for p in data.get("profiles", []):
         stacks: dict[str, int] = p.get("stacks", {})
         total = sum(stacks.values())
@@ -273,10 +349,19 @@ def profile_section(data: dict) -> list[str]:
               f"{p['wall']:.1f} s wall (profiler attached), {total} samples at {rate} Hz = {total / rate:.1f} s "
               "of Python threads on CPU. Command:", "", "```", scrub(p["command"]), "```", ""]
         if p.get("timeline"):
-            L += ["Timeline (`pussh -v` stderr lines, seconds since the process started):", "", "```"]
+            L += ["Where the wall time went (from the time-stamped `pussh -v` lines):", ""]
+            L += [f"- {x}" for x in phases(p["timeline"], p["wall"])] + [""]
+            L += ["<details><summary>the lines</summary>", "", "```"]
             L += [f"{t:7.2f}  {line[:160]}" for t, line in p["timeline"][:40]]
-            L += ["```", ""]
+            L += ["```", "</details>", ""]
         if total:
+            cats: dict[str, int] = defaultdict(int)
+            for st_, n in stacks.items():
+                cats[category([f for f in st_.split(";") if f])] += n
+            L += ["CPU samples by component (the library nearest the sampled frame):", "",
+                  "| component | share of CPU samples | CPU s |", "| --- | --- | --- |"]
+            L += [f"| {k} | {n / total:.0%} | {n / rate:.2f} |" for k, n in sorted(cats.items(), key=lambda kv: -kv[1])]
+            L.append("")
             incl: dict[str, int] = defaultdict(int)
             self_: dict[str, int] = defaultdict(int)
             for st, n in stacks.items():
@@ -286,12 +371,13 @@ def profile_section(data: dict) -> list[str]:
                 for k in {_frame(f) for f in frames}:
                     incl[k] += n
                 self_[_frame(frames[-1])] += n
-            skip = ("<module>", "run (", "_run_once", "run_forever", "run_until_complete", "main (", "_run (",
-                    "runner (", "_run_module_as_main", "_run_code", "__call__ (click", "invoke (", "command (",
-                    "plugin_main", "_bootstrap", "_bootstrap_inner")
-            L += ["CPU samples by function (inclusive = the function or anything it called):", "",
+            generic = ("<frozen", "(asyncio/", "(click/", "(threading", "(concurrent/", "(runpy", "(pussh/cli.py)",
+                       "(selectors", "(pussh)")
+            L += ["CPU samples by function, outside the import machinery, the event loop and the CLI wrapper "
+                  "(inclusive = the function or anything it called):", "",
                   "| function (file) | inclusive | self |", "| --- | --- | --- |"]
-            shown = [kv for kv in sorted(incl.items(), key=lambda kv: -kv[1]) if not kv[0].startswith(skip)]
+            shown = [kv for kv in sorted(incl.items(), key=lambda kv: -kv[1])
+                     if not any(g in kv[0] for g in generic) and not kv[0].startswith("<module>")]
             for k, n in shown[:18]:
                 L.append(f"| `{k}` | {n / total:.0%} | {self_.get(k, 0) / total:.0%} |")
             L.append("")

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .bed import REPO, Bed
-from .measure import Probe, children_of
+from .measure import Probe, children_of, run_client
 from .methods import METHODS, Method, Pussh
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -252,6 +252,7 @@ class Runner:
         missed = {(t["scenario"], t["shape"]) for t in evaluate(self.data) if t["ok"] is False and t.get("profile")}
         if not missed or "pussh" not in self.methods:
             return
+        self.startup()
         pyspy = shutil.which("py-spy") or str(REPO / ".venv/bin/py-spy")
         if not Path(pyspy).exists():
             self.log("profile: py-spy not found (.venv/bin/pip install py-spy): no profiles")
@@ -279,9 +280,21 @@ class Runner:
                 break
             self.bed.shape(all_remotes, None, None)
 
+    def startup(self) -> None:
+        """pussh's start-up alone (interpreter + imports + click): `pussh --version`, 5 times."""
+        m = self.methods["pussh"]
+        assert isinstance(m, Pussh)
+        times = []
+        for _ in range(5):
+            r = run_client([*m.argv0, "--version"], m.env(self.bed.local("containerd")), self.workdir, "version")
+            times.append(round(r.seconds, 3))
+        self.data["startup"] = {"command": "pussh --version", "seconds": times}
+        self.log(f"profile: pussh --version {sorted(times)[2]:.2f}s (median of 5)")
+
     def profile_one(self, pyspy: str, m: Pussh, local, image: str, remotes, scenario: str, shape: str) -> dict:
         raw = self.workdir / f"profile-{scenario}-{shape}.txt"
-        argv = [a for a in m.argv(image, remotes, "-v") if a != "-q"]
+        # without --json and -q: with --json and stderr not a terminal pussh hides its per-blob lines
+        argv = [a for a in m.argv(image, remotes, "-v") if a not in ("-q", "--json")]
         cmd = [pyspy, "record", "--nonblocking", "--rate", "200", "--format", "raw", "--output", str(raw),
                "--", *argv]
         t0 = time.monotonic()
