@@ -262,8 +262,8 @@ def test_interrupted_docker_load_leaves_no_tag(local, remote_host_classic):
     env.update(local.env)
 
     def loading() -> bool:
-        return any(cmdline(pid)[1:3] == ["load", "-q"] for pid in pids_in_netns(ns_inode(remote._holder.pid))
-                   if cmdline(pid) and cmdline(pid)[0].endswith("docker"))
+        argvs = [cmdline(pid) for pid in pids_in_netns(ns_inode(remote._holder.pid))]  # read each once: they come and go
+        return any(a[:1] and a[0].endswith("docker") and a[1:3] == ["load", "-q"] for a in argvs)
 
     remote.shape(rate="40mbit")
     try:
