@@ -56,13 +56,20 @@ class Desc:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Desc":
-        try:
-            p = d.get("platform")
-            plat = Platform(p["os"], p["architecture"], p.get("variant", "")) if isinstance(p, dict) else None
-            return cls(str(d["mediaType"]), str(d["digest"]), int(d["size"]), plat,
-                       dict(d.get("annotations") or {}), str(d.get("artifactType") or ""))
-        except (KeyError, TypeError, ValueError) as err:
-            raise InvalidManifest(f"invalid descriptor: {err}") from err
+        # JSON types as the OCI Go structs have them: a stored manifest Docker or containerd cannot
+        # unmarshal (a size "12" or 1.5, a list for a string) would be an unreadable image there.
+        if not isinstance(d, dict):
+            raise InvalidManifest(f"invalid descriptor: {d!r:.80} is not an object")
+        p = d.get("platform")
+        if not (isinstance(d.get("mediaType"), str) and isinstance(d.get("digest"), str)
+                and type(d.get("size")) is int and d["size"] >= 0 and _str_map(d.get("annotations"))
+                and _opt_str(d.get("artifactType")) and _str_list(d.get("urls"))
+                and (p is None or isinstance(p, dict) and all(_opt_str(p.get(k)) for k in _PLATFORM_KEYS)
+                     and _str_list(p.get("os.features")))):
+            raise InvalidManifest(f"invalid descriptor: {json.dumps(d)[:200]}")
+        plat = Platform(p.get("os") or "", p.get("architecture") or "", p.get("variant") or "") if p else None
+        return cls(d["mediaType"], d["digest"], d["size"], plat, dict(d.get("annotations") or {}),
+                   d.get("artifactType") or "")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
@@ -97,13 +104,31 @@ class Parsed:
         return ([self.config] if self.config else []) + self.layers + self.manifests
 
 
+_PLATFORM_KEYS = ("os", "architecture", "variant", "os.version")
+
+
+def _opt_str(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _str_map(v: Any) -> bool:
+    return v is None or isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+
+
+def _str_list(v: Any) -> bool:
+    return v is None or isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
 def parse(body: bytes, media_type: str | None = None) -> Parsed:
     try:
         raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InvalidManifest(f"manifest is not valid JSON: {err}") from err
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: nesting too deep
+        raise InvalidManifest(f"manifest is not valid JSON: {type(err).__name__}: {err}"[:300]) from None
     if not isinstance(raw, dict):
         raise InvalidManifest("manifest must be a JSON object")
+    if not (_opt_str(raw.get("mediaType")) and _opt_str(raw.get("artifactType")) and _str_map(raw.get("annotations"))
+            and (raw.get("subject") is None or isinstance(raw["subject"], dict))):
+        raise InvalidManifest("mediaType, artifactType, annotations or subject of the wrong JSON type")
     mt = raw.get("mediaType") or media_type or ""
     if not mt:
         mt = mediatypes.OCI_INDEX if "manifests" in raw else mediatypes.OCI_MANIFEST
@@ -111,7 +136,7 @@ def parse(body: bytes, media_type: str | None = None) -> Parsed:
         raise InvalidManifest(f"mediaType {raw['mediaType']!r} does not match Content-Type {media_type!r}")
     if mt not in mediatypes.ALL_MANIFESTS:
         raise InvalidManifest(f"unsupported manifest media type {mt!r}")
-    if raw.get("schemaVersion") != 2:
+    if type(raw.get("schemaVersion")) is not int or raw["schemaVersion"] != 2:
         raise InvalidManifest("schemaVersion must be 2")
     def descs(key: str) -> list[Desc]:
         v = raw.get(key) or []

@@ -192,6 +192,9 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         # stays in the upload's ingest until the upload's lease expires.
         log.info("%s %s: client disconnected", request.method, request.path)
         return web.Response(status=499)
+    except web.RequestPayloadError as err:
+        # a body aiohttp could not decode (a Content-Encoding that is not what it says, bad chunking)
+        return _error_response(request, E.unsupported(f"unreadable request body: {err}"))
     except web.HTTPException:
         raise
     except Exception:
