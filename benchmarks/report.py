@@ -67,11 +67,24 @@ def normalize(data: dict) -> dict:
 
 
 # -- aggregation -------------------------------------------------------------------------------------------
-def cells(data: dict) -> dict[tuple[str, str, str], list[dict]]:
-    out: dict = defaultdict(list)
+def cells(data: dict, source: int | None = None) -> dict[tuple[str, str, str], list[dict]]:
+    """(scenario, shape, method) -> samples. With several JSON files merged, a cell's samples all come
+    from one run: the last file that measured that cell (or the given `source`)."""
+    per: dict = defaultdict(lambda: defaultdict(list))
     for s in data["samples"]:
-        out[(s["scenario"], s["shape"], s["method"])].append(s)
-    return out
+        per[(s["scenario"], s["shape"], s["method"])][s.get("source", 0)].append(s)
+    if source is not None:
+        return {k: v[source] for k, v in per.items() if source in v}
+    return {k: v[max(v)] for k, v in per.items()}
+
+
+def same_run(data: dict, *keys: tuple[str, str, str]) -> tuple[dict, bool]:
+    """Cells for a comparison, from the last run (JSON file) that measured all of them if there is one."""
+    for src in sorted({s.get("source", 0) for s in data["samples"]}, reverse=True):
+        c = cells(data, src)
+        if all(k in c and ok_vals(c[k], "seconds") for k in keys):
+            return c, True
+    return cells(data), False
 
 
 def ok_vals(samples: list[dict], key: str) -> list[float]:
@@ -127,6 +140,11 @@ def evaluate(data: dict) -> list[dict]:
     def m(sc, sh, meth="pussh", key="seconds"):
         return med(c.get((sc, sh, meth), []), key)
 
+    def pair(a: tuple[str, str, str], b: tuple[str, str, str]) -> tuple[float | None, float | None, str]:
+        cc, same = same_run(data, a, b)
+        note = "" if same else " (different runs)"
+        return med(cc.get(a, []), "seconds"), med(cc.get(b, []), "seconds"), note
+
     if "shaped" in shapes and (p := m("S1", "shaped")) is not None:
         info = image_info(data, "bench/app4:1")
         bps = rate_bps(cfg.get("rate"))
@@ -136,13 +154,13 @@ def evaluate(data: dict) -> list[dict]:
             t("T1", "S1 shaped: within 1.10x of the link floor (image bytes / rate)", "S1", "shaped",
               f"{p:.2f} s = {r:.2f}x the floor {floor:.2f} s ({info['total'] / MB:.1f} MB)", "<= 1.10x",
               r <= 1.10, f"{(r / 1.10 - 1) * 100:+.0f} % over the target" if r > 1.10 else "")
-    if "unshaped" in shapes and (p := m("S1", "unshaped")):
+    if "unshaped" in shapes and m("S1", "unshaped"):
         for tid, other, k in (("T2", "save-load", 4.0), ("T3", "registry", 1.5)):
-            o = m("S1", "unshaped", other)
-            if o:
+            p, o, note = pair(("S1", "unshaped", "pussh"), ("S1", "unshaped", other))
+            if o and p:
                 r = o / p
                 t(tid, f"S1 unshaped: at least {k:g}x faster than {METHOD_LABEL[other]}", "S1", "unshaped",
-                  f"{r:.2f}x ({o:.2f} s vs {p:.2f} s)", f">= {k:g}x", r >= k,
+                  f"{r:.2f}x ({o:.2f} s vs {p:.2f} s){note}", f">= {k:g}x", r >= k,
                   f"{(1 - r / k) * 100:.0f} % short (pussh would need {o / k:.2f} s)" if r < k else "")
     for sh in shapes:
         p, b = m("S2", sh), m("S2", sh, key="link_bytes")
@@ -152,14 +170,14 @@ def evaluate(data: dict) -> list[dict]:
         if b is not None:
             t("T5", "S2: under 100 KB on the link", "S2", sh, f"{b / 1e3:.1f} kB", "< 100 kB", b < 100e3,
               f"{(b / 100e3 - 1) * 100:+.0f} %" if b >= 100e3 else "", profile=False)
-    if "shaped" in shapes and (p := m("S3", "shaped")):
+    if "shaped" in shapes and m("S3", "shaped"):
         for tid, other, k in (("T6", "save-load", 5.0), ("T7", "registry", 1.0)):
-            o = m("S3", "shaped", other)
-            if o:
+            p, o, note = pair(("S3", "shaped", "pussh"), ("S3", "shaped", other))
+            if o and p:
                 r = o / p
                 ok = r >= k if k > 1 else r > 1
                 t(tid, f"S3 shaped: {'at least 5x faster than' if k > 1 else 'faster than'} {METHOD_LABEL[other]}",
-                  "S3", "shaped", f"{r:.2f}x ({o:.2f} s vs {p:.2f} s)", f">= {k:g}x" if k > 1 else "> 1x", ok,
+                  "S3", "shaped", f"{r:.2f}x ({o:.2f} s vs {p:.2f} s){note}", f">= {k:g}x" if k > 1 else "> 1x", ok,
                   "" if ok else f"{(1 - r / k) * 100:.0f} % short (pussh would need {o / k:.2f} s)")
     info = image_info(data, "bench/app4:2")
     for sh in shapes:
@@ -173,11 +191,11 @@ def evaluate(data: dict) -> list[dict]:
               0.95 <= r <= 1.05, f"{(r - 1.05) * 100:+.1f} points" if r > 1.05 else
               ("the layer did not cross the link" if r < 0.95 else ""), profile=False)
     for sh in shapes:
-        p8, p1 = m("S8", sh), m("S1", sh)
+        p8, p1, note = pair(("S8", sh, "pussh"), ("S1", sh, "pussh"))
         if p8 and p1:
             r = p8 / p1
             t("T9", "S8: three servers in under 1.3x the time of one (S1)", "S8", sh,
-              f"{r:.2f}x ({p8:.2f} s vs {p1:.2f} s)", "< 1.3x", r < 1.3,
+              f"{r:.2f}x ({p8:.2f} s vs {p1:.2f} s){note}", "< 1.3x", r < 1.3,
               f"{(r / 1.3 - 1) * 100:+.0f} %" if r >= 1.3 else "")
     rss = [(s["client_rss"], s["scenario"], s["shape"]) for s in data["samples"] if s["method"] == "pussh" and s["ok"]]
     if rss:
@@ -225,6 +243,8 @@ def results_tables(data: dict) -> list[str]:
         last = None
         for sc, me in rows:
             f = fmt_cell(c[(sc, sh, me)])
+            if len(data["meta"].get("sources", [])) > 1:
+                f["n"] += f" ({chr(65 + c[(sc, sh, me)][0].get('source', 0))})"
             name = f"{sc} {scen.get(sc, '')}" if sc != last else ""
             last = sc
             lab = f"**{METHOD_LABEL[me]}**" if me == "pussh" else METHOD_LABEL[me]
@@ -394,16 +414,27 @@ def scrub(cmd: str) -> str:
 def write_markdown(data: dict, json_name: str) -> str:
     meta = data["meta"]
     mach, ver, cfg = meta.get("machine", {}), meta.get("versions", {}), meta.get("config", {})
-    argv = " ".join(meta.get("argv", ["python", "-m", "benchmarks.run"])).replace("python -m", ".venv/bin/python -m")
+    sources = meta.get("sources") or [{"file": json_name, "argv": meta.get("argv"), "started": meta.get("started"),
+                                       "finished": meta.get("finished"), "wall_seconds": meta.get("wall_seconds"),
+                                       "config": cfg, "scenarios": []}]
+    several = len(sources) > 1
     L = ["# pussh benchmarks: results", "",
-         f"Generated by `python -m benchmarks.report` from `benchmarks/out/{json_name}` (the raw measurements; "
-         "not committed). Every number below was measured in that one run, by the commands shown.", "",
-         "## How it was run", "", "```", f"sudo {argv}", "```", "",
-         f"Runs per cell: {cfg.get('runs')}; layer size scale: {cfg.get('scale')}; "
-         f"started {meta.get('started')}, finished {meta.get('finished') or '(not recorded)'}"
-         + (f", {meta['wall_seconds']:.0f} s in all" if meta.get("wall_seconds") else "") + ".", ""]
-    if cfg.get("scale", 1) != 1:
-        L += ["**A scaled-down run: the sizes are not the issue's, so the targets do not apply.**", ""]
+         f"Generated by `python -m benchmarks.report {' '.join('benchmarks/out/' + x['file'] for x in sources)}` "
+         "from the raw measurements (not committed). "
+         + ("Every number below was measured in one of the runs listed, by the commands shown; a table cell's "
+            "runs all come from one of them, and a ratio compares cells of one run unless it says otherwise."
+            if several else "Every number below was measured in that one run, by the commands shown."), "",
+         "## How it was run", ""]
+    for i, x in enumerate(sources):
+        argv = " ".join(x.get("argv") or ["python", "-m", "benchmarks.run"]).replace("python -m", ".venv/bin/python -m")
+        xc = x.get("config") or {}
+        L += ["```", f"sudo {argv}", "```", "",
+              (f"{chr(65 + i)}: " if several else "") + f"`{x['file']}`: " + (f"scenarios {', '.join(x['scenarios'])}; " if several else "")
+              + f"runs per cell {xc.get('runs')}; layer size scale {xc.get('scale')}; started {x.get('started')}, "
+              f"finished {x.get('finished') or '(not recorded)'}"
+              + (f", {x['wall_seconds']:.0f} s in all" if x.get("wall_seconds") else "") + ".", ""]
+    if any((x.get("config") or {}).get("scale", 1) != 1 for x in sources):
+        L += ["**Scaled-down sizes in (some of) these runs: the targets do not apply to them.**", ""]
     L += ["## Machine and versions", "",
           f"- {mach.get('cpu')}, {mach.get('cores')} cores, {mach.get('mem_gb')} GB RAM, {mach.get('os')}, "
           f"kernel {mach.get('kernel')}",
@@ -525,27 +556,58 @@ def write_chart(data: dict, png: Path) -> None:
     plt.close(fig)
 
 
-def write_report(json_path: Path, md: Path | None = None, png: Path | None = None) -> tuple[Path, Path]:
-    data = normalize(json.loads(Path(json_path).read_text()))
+def load(paths: list[Path]) -> dict:
+    """One JSON, or several merged: samples tagged with their file (source 0, 1, ...); a cell measured
+    by several files is taken from the last one."""
+    datas = [normalize(json.loads(Path(p).read_text())) for p in paths]
+    meta = dict(datas[0]["meta"])
+    meta["sources"] = []
+    for i, (p, d) in enumerate(zip(paths, datas, strict=True)):
+        dm = d["meta"]
+        meta["sources"].append({"file": Path(p).name, "argv": dm.get("argv"), "started": dm.get("started"),
+                                "finished": dm.get("finished"), "wall_seconds": dm.get("wall_seconds"),
+                                "config": dm.get("config", {}),
+                                "scenarios": sorted({s["scenario"] for s in d["samples"]})})
+        if i:
+            for fam, info in dm.get("images", {}).items():
+                meta.setdefault("images", {}).setdefault(fam, info)
+            meta["commands"] = {**dm.get("commands", {}), **meta.get("commands", {})}
+            meta["scenarios"] = {**dm.get("scenarios", {}), **meta.get("scenarios", {})}
+            if dm.get("versions", {}).get("pussh_commit"):
+                meta["versions"] = dm["versions"]
+    samples, profiles, startup = [], [], None
+    for i, d in enumerate(datas):
+        samples += [{**s, "source": i} for s in d["samples"]]
+        profiles += d.get("profiles", [])
+        startup = d.get("startup") or startup
+    return {"meta": meta, "samples": samples, "profiles": profiles, "startup": startup}
+
+
+def write_report(json_paths: Path | list[Path], md: Path | None = None, png: Path | None = None) -> tuple[Path, Path]:
+    paths = [json_paths] if isinstance(json_paths, (str, Path)) else list(json_paths)
+    data = load(paths)
     md = md or HERE / "RESULTS.md"
     png = png or md.with_name("results.png")
     write_chart(data, png)
-    md.write_text(write_markdown(data, Path(json_path).name))
+    md.write_text(write_markdown(data, ", ".join(Path(p).name for p in paths)))
     return md, png
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json", nargs="?")
+    ap.add_argument("json", nargs="*", help="one or more raw JSON files (later files win for a cell measured twice)")
     ap.add_argument("--md")
     ap.add_argument("--png")
     a = ap.parse_args(argv)
-    path = Path(a.json) if a.json else max((HERE / "out").glob("*.json"), key=lambda p: p.stat().st_mtime, default=None)
-    if path is None:
-        print("no benchmarks/out/*.json: run python -m benchmarks.run first", file=sys.stderr)
-        return 2
-    md, png = write_report(path, Path(a.md) if a.md else None, Path(a.png) if a.png else None)
+    paths = [Path(p) for p in a.json]
+    if not paths:
+        newest = max((HERE / "out").glob("*.json"), key=lambda p: p.stat().st_mtime, default=None)
+        if newest is None:
+            print("no benchmarks/out/*.json: run python -m benchmarks.run first", file=sys.stderr)
+            return 2
+        paths = [newest]
+    md, png = write_report(paths, Path(a.md) if a.md else None, Path(a.png) if a.png else None)
     print(f"wrote {md} and {png}")
     return 0
 
