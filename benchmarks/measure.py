@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -105,25 +106,55 @@ class Ran:
     stderr: str
 
 
+LIVE: set["Client"] = set()
+DEFAULT_TIMEOUT = 900.0  # seconds: a hung push must not hang the whole benchmark
+
+
 class Client:
-    """A client-side process started by the benchmark and reaped with wait4 (rusage of its tree)."""
+    """A client-side process started by the benchmark (in its own process group, so that a timeout or
+    Ctrl-C ends the whole pipeline it runs) and reaped with wait4 (rusage of its tree)."""
 
     def __init__(self, argv: Sequence[str], env: dict[str, str], workdir: Path, name: str, cwd: str | None = None,
-                 stdin=subprocess.DEVNULL) -> None:
+                 stdin=subprocess.DEVNULL, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.argv = list(argv)
         self.out = workdir / f"{name}.out"
         self.err = workdir / f"{name}.err"
+        self.timed_out = False
         self.t0 = time.monotonic()
         with open(self.out, "wb") as o, open(self.err, "wb") as e:
-            self.proc = subprocess.Popen(self.argv, env=env, stdin=stdin, stdout=o, stderr=e, cwd=cwd)
+            self.proc = subprocess.Popen(self.argv, env=env, stdin=stdin, stdout=o, stderr=e, cwd=cwd,
+                                         start_new_session=True)
+        LIVE.add(self)
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        self.kill()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """The process group we created (its pgid is the pid we started), while not yet reaped."""
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def wait(self) -> Ran:
-        _, status, ru = os.wait4(self.proc.pid, 0)
+        try:
+            _, status, ru = os.wait4(self.proc.pid, 0)
+        finally:
+            self._timer.cancel()
         secs = time.monotonic() - self.t0
         rc = os.waitstatus_to_exitcode(status)
         self.proc.returncode = rc  # reaped here: Popen must not wait again
+        LIVE.discard(self)
+        err = self.err.read_text(errors="replace")
+        if self.timed_out:
+            err += f"\n(benchmark: killed after the {secs:.0f} s timeout)"
         return Ran(self.argv, rc, secs, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024,
-                   self.out.read_text(errors="replace"), self.err.read_text(errors="replace"))
+                   self.out.read_text(errors="replace"), err)
 
     def terminate(self) -> Ran:
         if self.proc.returncode is None:
@@ -132,6 +163,16 @@ class Client:
             except ProcessLookupError:
                 pass
         return self.wait()
+
+
+def kill_all() -> None:
+    """Every client process group still running (after Ctrl-C or an error), then reap them."""
+    for c in list(LIVE):
+        c.kill()
+        try:
+            c.wait()
+        except ChildProcessError:
+            LIVE.discard(c)
 
 
 def run_client(argv: Sequence[str], env: dict[str, str], workdir: Path, name: str, **kw) -> Ran:

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .bed import REPO, Bed
-from .measure import Probe, children_of, run_client
+from .measure import Probe, children_of, kill_all, run_client
 from .methods import METHODS, Method, Pussh
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -366,6 +366,7 @@ class Runner:
         tmp.rename(self.out_path)
 
     def close(self) -> None:
+        kill_all()
         for m in self.methods.values():
             try:
                 m.stop()
