@@ -411,6 +411,22 @@ def scrub(cmd: str) -> str:
     return re.sub(r"\S*/\.venv/bin/", ".venv/bin/", cmd)
 
 
+def analysis_section(files: set[str]) -> list[str]:
+    """benchmarks/analysis.md: the hand-written reading of one run. Its first line names the raw files it
+    was written for (`<!-- for: a.json b.json -->`); for other files it is left out, never shown stale."""
+    path = HERE / "analysis.md"
+    if not path.exists():
+        return []
+    text = path.read_text().strip()
+    m = re.match(r"<!--\s*for:\s*(.*?)\s*-->\s*", text)
+    if m is None or set(m.group(1).split()) != files:
+        names = m.group(1) if m else "(no `<!-- for: ... -->` line)"
+        return ["## Analysis", "", f"benchmarks/analysis.md was written for other measurements ({names}): "
+                "not shown. Rewrite it for this run, starting with `<!-- for: "
+                + " ".join(sorted(files)) + " -->`.", ""]
+    return ["## Analysis", "", text[m.end():].strip(), ""]
+
+
 def write_markdown(data: dict, json_name: str) -> str:
     meta = data["meta"]
     mach, ver, cfg = meta.get("machine", {}), meta.get("versions", {}), meta.get("config", {})
@@ -508,9 +524,7 @@ def write_markdown(data: dict, json_name: str) -> str:
     prof = profile_section(data)
     if prof:
         L += ["## Where pussh's time goes in the cells that missed a target", ""] + prof
-    analysis = HERE / "analysis.md"
-    if analysis.exists():
-        L += ["## Analysis", "", analysis.read_text().strip(), ""]
+    L += analysis_section({x["file"] for x in sources})
     return "\n".join(L) + "\n"
 
 
