@@ -102,8 +102,10 @@ async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptio
         token = secrets.token_urlsafe(32)
         # What the tag points at on the server now: when it is already this image (a repeated
         # push), nothing needs sending and no registry needs starting.
+        # (Not with --platform: a server that pulled one platform of an index has the same tag target
+        # without the other platforms' content.)
         current = (asyncio.ensure_future(remote.image_id(conn, server, source.ref.name))
-                   if server.containerd_store else None)
+                   if server.containerd_store and not opts.platforms else None)
         starting: asyncio.Future | None = None
         try:
             root = await source.resolve(zstd=server.supports_zstd)
