@@ -299,41 +299,164 @@ def category(frames: list[str]) -> str:
         return "no Python frame (interpreter start-up/exit, native code)"
     if any("_find_and_load" in f or "<frozen site>" in f for f in frames):
         return "Python start-up: imports"
+    # frames above the event loop are only the way to the loop (cli -> asyncio.run): look below it
+    loop = [i for i, f in enumerate(frames) if f.startswith(("Handle._run (asyncio/", "BaseEventLoop._run_once ("))]
+    if loop:
+        frames = frames[max(loop) + 1:]
     for f in reversed(frames):
         m = re.search(r"\((.*?)(:\d+)?\)$", f)
         path = m.group(1) if m else f
         for key, cat in LIBS:
             if key in path:
                 return cat
-    return "asyncio event loop + stdlib"
+    return "asyncio event loop: select, socket reads/writes, callbacks"
 
 
 PHASES = [("probe", re.compile(r"(containerd|classic) image store")), ("resolved", re.compile(r": local image ")),
           ("diffed", re.compile(r"blobs to send|is already sha256")), ("blob", re.compile(r": sent .* in [0-9.]+s"))]
 
 
-def phases(timeline: list, wall: float) -> list[str]:
-    """Where the wall time went, from the stamped `pussh -v` lines."""
+def marks(timeline: list, wall: float) -> dict[str, float]:
+    """Times (s since start) of pussh's steps, from the stamped `pussh -v` lines."""
     at: dict[str, float] = {}
-    blobs = []
     for t, line in timeline:
         for name, rx in PHASES:
             if rx.search(line):
                 if name == "blob":
-                    blobs.append(t)
+                    at["first_blob"] = min(at.get("first_blob", t), t)
+                    at["last_blob"] = max(at.get("last_blob", t), t)
                 else:
                     at.setdefault(name, t)
+    at["end"] = wall
+    return at
+
+
+def phases(timeline: list, wall: float) -> list[str]:
+    """Where the wall time went, from the stamped `pussh -v` lines."""
+    at = marks(timeline, wall)
     out = []
     prev = 0.0
     for name, label in (("probe", "start-up, SSH connection, server probe"), ("resolved", "local image resolved"),
-                        ("diffed", "registry container started (if needed) + HEAD of every blob")):
+                        ("diffed", "registry container started (if needed) + HEAD of every blob"),
+                        ("last_blob", "blob uploads until the last one finished")):
         if name in at:
             out.append(f"{label}: {at[name] - prev:.2f} s (at {at[name]:.2f} s)")
             prev = at[name]
-    if blobs:
-        out.append(f"blob uploads until the last one finished: {max(blobs) - prev:.2f} s (at {max(blobs):.2f} s)")
-        prev = max(blobs)
     out.append(f"manifests, tag, registry removal, exit: {wall - prev:.2f} s (process ended at {wall:.2f} s)")
+    return out
+
+
+def _profile(data: dict, scenario: str, shape: str) -> dict | None:
+    return next((p for p in reversed(data.get("profiles", [])) if (p["scenario"], p["shape"]) == (scenario, shape)),
+                None)
+
+
+def _components(p: dict) -> dict[str, float]:
+    stacks = p.get("stacks", {})
+    total = sum(stacks.values()) or 1
+    cats: dict[str, int] = defaultdict(int)
+    for st, n in stacks.items():
+        cats[category([f for f in st.split(";") if f])] += n
+    return {k: n / total for k, n in cats.items()}
+
+
+def why(data: dict, targets: list[dict]) -> list[str]:
+    """For each missed target, the measured facts that account for it (this run's numbers only)."""
+    c = cells(data)
+    out: list[str] = []
+    st = data.get("startup") or {}
+    startup = statistics.median(st["seconds"]) if st.get("seconds") else None
+    bps = rate_bps(data["meta"].get("config", {}).get("rate"))
+
+    def mm(sc, sh, me, key):
+        return med(c.get((sc, sh, me), []), key)
+
+    def fixed_and_transfer(sc: str, sh: str, need: float | None) -> list[str]:
+        p = _profile(data, sc, sh)
+        if not p or not p.get("timeline"):
+            return []
+        at = marks(p["timeline"], p["wall"])
+        facts = []
+        if "diffed" in at:
+            facts.append(f"in its profiled run pussh sent its first byte {at['diffed']:.2f} s after it started "
+                         f"(start-up + SSH connect + server probe {at.get('probe', 0):.2f} s, then the registry "
+                         f"container and the HEADs {at['diffed'] - at.get('probe', 0):.2f} s)"
+                         + (f"; `pussh --version` alone takes {startup:.2f} s" if startup else ""))
+        if "diffed" in at and "last_blob" in at and need:
+            tr = at["last_blob"] - at["diffed"]
+            facts.append(f"the uploads took {tr:.2f} s: {need / tr / MB:.1f} MB/s"
+                         + (f", {need / tr / (bps / 8):.0%} of the nominal {bps / 8 / MB:.0f} MB/s" if bps and sh == "shaped"
+                            else ""))
+        if "last_blob" in at:
+            facts.append(f"manifests, tag, registry removal and exit: {at['end'] - at['last_blob']:.2f} s")
+        comp = _components(p)
+        if comp:
+            top = sorted(comp.items(), key=lambda kv: -kv[1])[:3]
+            facts.append("its CPU samples: " + ", ".join(f"{k} {v:.0%}" for k, v in top))
+        return facts
+
+    def rate(sc, sh, me):
+        s_, b = mm(sc, sh, me, "seconds"), mm(sc, sh, me, "link_bytes")
+        return b / s_ / MB if s_ and b else None
+
+    seen: set[tuple[str, str]] = set()
+    said: dict[tuple[str, ...], str] = {}
+    for tg in targets:
+        if tg["ok"] is not False or (tg["id"], tg["shape"]) in seen:
+            continue
+        seen.add((tg["id"], tg["shape"]))
+        sc, sh = tg["scenario"], tg["shape"]
+        facts: list[str] = []
+        info1, info2 = image_info(data, "bench/app4:1"), image_info(data, "bench/app4:2")
+        if tg["id"] in ("T1", "T2", "T3"):
+            facts += fixed_and_transfer("S1", sh, info1["total"] if info1 else None)
+            for me in METHOD_ORDER:
+                r, cpu = rate("S1", sh, me), mm("S1", sh, me, "cpu")
+                if r:
+                    facts.append(f"{METHOD_LABEL[me]}: {r:.1f} MB/s over its whole wall time (link bytes / seconds), "
+                                 f"{cpu:.1f} CPU s in all (client {mm('S1', sh, me, 'client_cpu'):.1f}, server "
+                                 f"{mm('S1', sh, me, 'server_cpu'):.1f}, local daemons {mm('S1', sh, me, 'local_daemons_cpu'):.1f})")
+        elif tg["id"] == "T4":
+            inner = [max((h.get("seconds") or 0) for h in s["details"].get("hosts", [{}])) for s in c.get((sc, sh, "pussh"), [])
+                     if s["ok"] and s.get("details", {}).get("hosts")]
+            if inner:
+                facts.append(f"pussh's own timer (connect, probe, the tag already matches) says {statistics.median(inner):.2f} s; "
+                             "the rest of the wall time is start-up, reading the local image's index and exit")
+            if startup:
+                facts.append(f"`pussh --version` alone (interpreter, imports, click) takes {startup:.2f} s")
+        elif tg["id"] in ("T6", "T7"):
+            facts += fixed_and_transfer("S3", sh, info2.get("changed") if info2 else None)
+            for me in ("registry", "save-load"):
+                v = mm("S3", sh, me, "seconds")
+                if v:
+                    facts.append(f"{METHOD_LABEL[me]} took {v:.2f} s in all")
+        elif tg["id"] == "T9":
+            for scn in ("S1", "S8"):
+                hosts = [[h.get("seconds") or 0 for h in s["details"].get("hosts", [])] for s in c.get((scn, sh, "pussh"), [])
+                         if s["ok"] and s.get("details", {}).get("hosts")]
+                facts.append(f"{scn}: client CPU {mm(scn, sh, 'pussh', 'client_cpu'):.1f} s, server side "
+                             f"{mm(scn, sh, 'pussh', 'server_cpu'):.1f} s (all servers), machine busy "
+                             f"{mm(scn, sh, 'pussh', 'machine_busy'):.0%}, peak client RSS "
+                             f"{max(s['client_rss'] for s in c.get((scn, sh, 'pussh'), [])) / MB:.0f} MB"
+                             + (f"; per-host timers {min(min(h) for h in hosts):.1f}-{max(max(h) for h in hosts):.1f} s"
+                                if hosts and hosts[0] else ""))
+            facts.append("client and servers share the machine's cores: three servers' sshd/containerd/registry "
+                         "work lands on the same CPUs as the client's")
+        elif tg["id"] == "T10":
+            by = defaultdict(list)
+            for s in data["samples"]:
+                if s["method"] == "pussh" and s["ok"]:
+                    by[s["scenario"]].append(s["client_rss"])
+            facts.append("peak client RSS by scenario: " + ", ".join(
+                f"{k} {max(v) / MB:.0f} MB" for k, v in sorted(by.items(), key=lambda kv: SCENARIO_ORDER.index(kv[0])
+                                                                    if kv[0] in SCENARIO_ORDER else 99)))
+        if facts:
+            head = f"**{tg['id']} ({sc}, {shape_label(data, sh)})**: {tg['measured']}."
+            if tuple(facts) in said:
+                out += [f"{head} The same facts as {said[tuple(facts)]}.", ""]
+            else:
+                said[tuple(facts)] = tg["id"]
+                out += [head, ""] + [f"- {f}" for f in facts] + [""]
     return out
 
 
@@ -514,6 +637,11 @@ def write_markdown(data: dict, json_name: str) -> str:
             L.append(f"| {tg['id']} | {tg['text']} ({shape_label(data, tg['shape'])}) | {tg['measured']} | "
                      f"{tg['goal']} | {ok} | {tg['margin']} |")
         L.append("")
+        w = why(data, targets)
+        if w:
+            L += ["### What the measurements say about each missed target", "",
+                  "Facts from this run only (the profiled pussh runs are listed under \"Where pussh's time goes\").", ""]
+            L += w
     L += ["## Results", "", "![seconds per scenario](results.png)", ""]
     L += results_tables(data)
     failed = [s for s in data["samples"] if not s["ok"]]
