@@ -7,15 +7,31 @@ UNCOMPRESSED = "containerd.io/uncompressed"  # a layer's diffID
 DISTRIBUTION_SOURCE = "containerd.io/distribution.source"  # + ".<registry host>" = repository
 
 
-def gc_refs(manifest: dict) -> dict[str, str]:
+def gc_refs(manifest: dict, is_index: bool | None = None) -> dict[str, str]:
     """The GC reference labels for a manifest or index: `.config`, `.l.<i>` for layers and
-    `.m.<i>` for an index's manifests, as containerd's own fetch sets them."""
+    `.m.<i>` for an index's manifests, as containerd's own fetch sets them. A manifest (it has a
+    config) refers to its config and layers only, an index to its manifests only, as containerd's
+    image handlers see them (`is_index` from the parsed media type; guessed when not given);
+    entries that are not descriptors are skipped."""
+    def digest(d: object) -> str | None:
+        return d["digest"] if isinstance(d, dict) and isinstance(d.get("digest"), str) else None
+
+    def entries(key: str) -> list:
+        v = manifest.get(key)
+        return v if isinstance(v, list) else []
+
     labels: dict[str, str] = {}
-    if "manifests" in manifest:
-        for i, m in enumerate(manifest.get("manifests") or []):
-            labels[f"{GC_REF_CONTENT}.m.{i}"] = m["digest"]
-    if isinstance(manifest.get("config"), dict) and "digest" in manifest["config"]:
-        labels[f"{GC_REF_CONTENT}.config"] = manifest["config"]["digest"]
-    for i, layer in enumerate(manifest.get("layers") or []):
-        labels[f"{GC_REF_CONTENT}.l.{i}"] = layer["digest"]
+    if is_index is None:
+        is_index = "index" in str(manifest.get("mediaType")) or "list" in str(manifest.get("mediaType")) \
+            or not isinstance(manifest.get("config"), dict)
+    if not is_index:
+        if digest(manifest.get("config")):
+            labels[f"{GC_REF_CONTENT}.config"] = manifest["config"]["digest"]
+        for i, layer in enumerate(entries("layers")):
+            if digest(layer):
+                labels[f"{GC_REF_CONTENT}.l.{i}"] = layer["digest"]
+    else:
+        for i, m in enumerate(entries("manifests")):
+            if digest(m):
+                labels[f"{GC_REF_CONTENT}.m.{i}"] = m["digest"]
     return labels

@@ -139,10 +139,17 @@ def parse(body: bytes, media_type: str | None = None) -> Parsed:
     if type(raw.get("schemaVersion")) is not int or raw["schemaVersion"] != 2:
         raise InvalidManifest("schemaVersion must be 2")
     def descs(key: str) -> list[Desc]:
-        v = raw.get(key) or []
-        if not isinstance(v, list):
+        v = raw.get(key)
+        if v is None:
+            return []
+        if not isinstance(v, list):  # {} or "" as well: Go cannot read them as a list
             raise InvalidManifest(f"{key} must be a list")
         return [Desc.from_json(d) for d in v]
+    # containerd's reader (images.validateMediaType) refuses a manifest with any "manifests" key,
+    # an index with any "config" or "layers" key (null included), and schema 1's "fsLayers".
+    stray = ("fsLayers", "manifests") if mediatypes.is_manifest(mt) else ("fsLayers", "config", "layers")
+    if any(k in raw for k in stray):
+        raise InvalidManifest(f"a {mt} must not have {', '.join(k for k in stray if k in raw)}")
     config = None
     if mediatypes.is_manifest(mt):
         if not isinstance(raw.get("config"), dict):

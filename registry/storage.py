@@ -444,7 +444,7 @@ class Storage:
                                              detail={"digest": d.digest})
             await self._label_children(parsed, domain, path)
 
-            labels = gc_refs(parsed.raw)
+            labels = gc_refs(parsed.raw, parsed.is_index)
             labels[LABEL_MEDIA_TYPE] = parsed.media_type
             labels[f"{DISTRIBUTION_SOURCE}.{domain}"] = path
             if parsed.subject is not None:
