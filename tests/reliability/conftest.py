@@ -1,0 +1,36 @@
+"""The reliability suite (see tests/RELIABILITY.md): faults, bad input and concurrency against the
+real daemons of the test bed. Reuses the support modules of tests/e2e."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+for p in (HERE, HERE.parent / "e2e"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import relsupport  # noqa: E402
+
+# Hypothesis examples per fuzz test: bounded for CI; PUSSH_FUZZ_SCALE=10 for a longer hunt.
+FUZZ_SCALE = float(os.environ.get("PUSSH_FUZZ_SCALE", "1"))
+
+
+@pytest.fixture(autouse=True)
+def _count_requests(request):
+    relsupport.set_counter(request.node.nodeid.split("::", 1)[-1])
+    yield
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    counts = {k: v for k, v in relsupport.COUNTS.items() if v}
+    if not counts:
+        return
+    tr = terminalreporter
+    tr.section("reliability: requests sent to the registry")
+    for name, n in sorted(counts.items()):
+        tr.write_line(f"{n:7d}  {name}")
+    tr.write_line(f"{sum(counts.values()):7d}  total")
