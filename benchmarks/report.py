@@ -62,7 +62,8 @@ def normalize(data: dict) -> dict:
         samples.append({
             **c, "shape": c["shaping"], "servers": 1, "registry_cpu": c.get("server_registry_cpu", 0.0),
             "registry_rss": c.get("server_registry_rss", 0), "daemons_cpu": daemons,
-            "server_cpu": c.get("server_registry_cpu", 0.0) + sum(daemons.values()), "local_daemons_cpu": 0.0})
+            "server_cpu": c.get("server_registry_cpu", 0.0) + sum(daemons.values()),
+            "local_daemons_cpu": None, "cpu": None})  # run_basic did not measure the client's daemons
     return {"meta": meta, "samples": samples, "profiles": []}
 
 
@@ -88,7 +89,7 @@ def same_run(data: dict, *keys: tuple[str, str, str]) -> tuple[dict, bool]:
 
 
 def ok_vals(samples: list[dict], key: str) -> list[float]:
-    return [s[key] for s in samples if s["ok"]]
+    return [s[key] for s in samples if s["ok"] and s.get(key) is not None]
 
 
 def med(samples: list[dict], key: str) -> float | None:
@@ -223,7 +224,8 @@ def fmt_cell(samples: list[dict]) -> dict[str, str]:
         "link": f"{link / MB:.1f} MB" if link >= 1e5 else f"{link / 1e3:.0f} kB",
         "crss": f"{max(s['client_rss'] for s in ok) / MB:.0f}",
         "rrss": f"{rr / MB:.0f}" if rr else "-",
-        "cpu": f"{med(ok, 'client_cpu'):.1f} / {med(ok, 'server_cpu'):.1f} / {med(ok, 'local_daemons_cpu'):.1f}",
+        "cpu": " / ".join("?" if med(ok, k) is None else f"{med(ok, k):.1f}"
+                          for k in ("client_cpu", "server_cpu", "local_daemons_cpu")),
         "n": str(len(ok)),
     }
 
@@ -413,9 +415,11 @@ def why(data: dict, targets: list[dict]) -> list[str]:
             for me in METHOD_ORDER:
                 r, cpu = rate("S1", sh, me), mm("S1", sh, me, "cpu")
                 if r:
-                    facts.append(f"{METHOD_LABEL[me]}: {r:.1f} MB/s over its whole wall time (link bytes / seconds), "
-                                 f"{cpu:.1f} CPU s in all (client {mm('S1', sh, me, 'client_cpu'):.1f}, server "
-                                 f"{mm('S1', sh, me, 'server_cpu'):.1f}, local daemons {mm('S1', sh, me, 'local_daemons_cpu'):.1f})")
+                    facts.append(f"{METHOD_LABEL[me]}: {r:.1f} MB/s over its whole wall time (link bytes / seconds)"
+                                 + ("" if cpu is None else
+                                    f", {cpu:.1f} CPU s in all (client {mm('S1', sh, me, 'client_cpu'):.1f}, server "
+                                    f"{mm('S1', sh, me, 'server_cpu'):.1f}, local daemons "
+                                    f"{mm('S1', sh, me, 'local_daemons_cpu'):.1f})"))
         elif tg["id"] == "T4":
             inner = [max((h.get("seconds") or 0) for h in s["details"].get("hosts", [{}])) for s in c.get((sc, sh, "pussh"), [])
                      if s["ok"] and s.get("details", {}).get("hosts")]
@@ -431,13 +435,15 @@ def why(data: dict, targets: list[dict]) -> list[str]:
                 if v:
                     facts.append(f"{METHOD_LABEL[me]} took {v:.2f} s in all")
         elif tg["id"] == "T9":
+            c9, _ = same_run(data, ("S8", sh, "pussh"), ("S1", sh, "pussh"))
             for scn in ("S1", "S8"):
-                hosts = [[h.get("seconds") or 0 for h in s["details"].get("hosts", [])] for s in c.get((scn, sh, "pussh"), [])
+                ss = c9.get((scn, sh, "pussh"), [])
+                hosts = [[h.get("seconds") or 0 for h in s["details"].get("hosts", [])] for s in ss
                          if s["ok"] and s.get("details", {}).get("hosts")]
-                facts.append(f"{scn}: client CPU {mm(scn, sh, 'pussh', 'client_cpu'):.1f} s, server side "
-                             f"{mm(scn, sh, 'pussh', 'server_cpu'):.1f} s (all servers), machine busy "
-                             f"{mm(scn, sh, 'pussh', 'machine_busy'):.0%}, peak client RSS "
-                             f"{max(s['client_rss'] for s in c.get((scn, sh, 'pussh'), [])) / MB:.0f} MB"
+                facts.append(f"{scn}: client CPU {med(ss, 'client_cpu'):.1f} s, server side "
+                             f"{med(ss, 'server_cpu'):.1f} s (all servers), machine busy "
+                             f"{med(ss, 'machine_busy'):.0%}, peak client RSS "
+                             f"{max(s['client_rss'] for s in ss) / MB:.0f} MB"
                              + (f"; per-host timers {min(min(h) for h in hosts):.1f}-{max(max(h) for h in hosts):.1f} s"
                                 if hosts and hosts[0] else ""))
             facts.append("client and servers share the machine's cores: three servers' sshd/containerd/registry "
@@ -488,7 +494,8 @@ def profile_section(data: dict) -> list[str]:
         stacks: dict[str, int] = p.get("stacks", {})
         total = sum(stacks.values())
         rate = p.get("rate", 100)
-        L += [f"### {p['scenario']}, {shape_label(data, p['shape'])}: one pussh run under py-spy", "",
+        L += [f"### {p['scenario']}, {shape_label(data, p['shape'])}: one pussh run under py-spy"
+              + (f" (`{p['file']}`)" if len(data["meta"].get("sources", [])) > 1 and p.get("file") else ""), "",
               f"{p['wall']:.1f} s wall (profiler attached), {total} samples at {rate} Hz = {total / rate:.1f} s "
               "of Python threads on CPU. Command:", "", "```", scrub(p["command"]), "```", ""]
         if p.get("timeline"):
@@ -639,8 +646,13 @@ def write_markdown(data: dict, json_name: str) -> str:
         L.append("")
         w = why(data, targets)
         if w:
+            srcs = data["meta"].get("sources", [])
+            prof_files = sorted({p.get("file", "") for p in data.get("profiles", []) if p.get("file")})
             L += ["### What the measurements say about each missed target", "",
-                  "Facts from this run only (the profiled pussh runs are listed under \"Where pussh's time goes\").", ""]
+                  ("Facts from this run only" if len(srcs) <= 1 else
+                   "Facts from the runs listed above (medians from the run named by each table cell's letter"
+                   + (f"; the profiled pussh runs from {', '.join(prof_files)}" if prof_files else "") + ")")
+                  + "; the profiled runs are detailed under \"Where pussh's time goes\".", ""]
             L += w
     L += ["## Results", "", "![seconds per scenario](results.png)", ""]
     L += results_tables(data)
@@ -689,11 +701,12 @@ def write_chart(data: dict, png: Path) -> None:
         ax.set_yscale("log")
         ax.set_ylabel("seconds (median; bars: range; log scale)")
         ax.set_title(shape_label(data, sh))
-        ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3, which="both")
     fig.suptitle("S1 first push (4 layers, ~320 MB)  S2 again  S3 last layer changed  S4 20 layers  "
                  "S5 one 1 GiB layer  S8 three servers", fontsize=9)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
@@ -720,7 +733,7 @@ def load(paths: list[Path]) -> dict:
     samples, profiles, startup = [], [], None
     for i, d in enumerate(datas):
         samples += [{**s, "source": i} for s in d["samples"]]
-        profiles += d.get("profiles", [])
+        profiles += [{**p, "file": Path(paths[i]).name} for p in d.get("profiles", [])]
         startup = d.get("startup") or startup
     return {"meta": meta, "samples": samples, "profiles": profiles, "startup": startup}
 
