@@ -3,7 +3,7 @@
 to benchmarks/out/<time>.json, then benchmarks/RESULTS.md and benchmarks/results.png from them.
 
     sudo .venv/bin/python -m benchmarks.run                # everything: S1-S8, 3 runs, unshaped + 200 Mbit/s 20 ms RTT
-    sudo .venv/bin/python -m benchmarks.run --quick        # S1-S3, 2 runs, both shapes (a few minutes)
+    sudo .venv/bin/python -m benchmarks.run --quick        # S1-S3, 2 runs, both shapes (--runs 1 took 4.7 min here)
     sudo .venv/bin/python -m benchmarks.run --scenarios S1,S3 --runs 5 --shapes shaped
     sudo .venv/bin/python -m benchmarks.run --quick --runs 1 --scale 0.05 --no-report   # smoke test
     .venv/bin/python -m benchmarks.report benchmarks/out/<time>.json                # tables + chart again
