@@ -442,6 +442,8 @@ class Storage:
                 if d.digest in found and found[d.digest] != d.size:
                     raise E.manifest_invalid(f"descriptor of {d.digest} says {d.size} bytes, the blob has {found[d.digest]}",
                                              detail={"digest": d.digest})
+            for d in {m.digest: m for m in parsed.manifests}.values():
+                await self._check_child(d)
             await self._label_children(parsed, domain, path)
 
             labels = gc_refs(parsed.raw, parsed.is_index)
@@ -467,6 +469,16 @@ class Storage:
                     with contextlib.suppress(errors.ContainerdError):
                         await self.ctr.leases.delete_resource(UNTAGGED_LEASE, child.digest)
         return Manifest(digest, parsed.media_type, len(body)), (parsed.subject.digest if parsed.subject else None)
+
+    async def _check_child(self, d: M.Desc) -> None:
+        """An index lists manifests: each child must be one, of the kind its descriptor says, or
+        containerd (and Docker) cannot read the image the index is tagged as."""
+        declared = d.media_type if d.media_type in MT.ALL_MANIFESTS else None
+        try:
+            M.parse(await self.ctr.content.read_all(d.digest, limit=MANIFEST_LIMIT), declared)
+        except (errors.ContainerdError, M.InvalidManifest) as err:
+            raise E.manifest_blob_unknown(f"{d.digest} is not a manifest of type {d.media_type}: {err}"[:300],
+                                          detail={"digest": d.digest}) from None
 
     async def _claim(self, lease: str, d: M.Desc):
         await self.ctr.leases.add_resource(lease, d.digest)
