@@ -654,7 +654,15 @@ def _children_ok(fz, body: bytes) -> bool:
     raw = json.loads(body)
     descs = ([raw["config"]] if "config" in raw else []) + (raw.get("layers") or []) + (raw.get("manifests") or [])
     have = report(fz.sock, NS).content
-    return all(have.get(d["digest"]) == d["size"] for d in descs)
+    if not all(have.get(d["digest"]) == d["size"] for d in descs):
+        return False
+    for d in raw.get("manifests") or []:  # an index's children are manifests of the kind it says
+        child = fz.req("GET", f"/v2/fuzz/any/manifests/{d['digest']}")
+        if child.status != 200 or not go_compatible(child.body):
+            return False
+        if (d["mediaType"] in MT.INDEXES) != (json.loads(child.body).get("mediaType") in MT.INDEXES):
+            return False
+    return True
 
 
 @examples(400)
