@@ -18,6 +18,14 @@ import relsupport  # noqa: E402
 # Hypothesis examples per fuzz test: bounded for CI; PUSSH_FUZZ_SCALE=10 for a longer hunt.
 FUZZ_SCALE = float(os.environ.get("PUSSH_FUZZ_SCALE", "1"))
 
+# CI replays the same examples every run (a red CI is then a regression, not a new draw); a developer's
+# run draws new ones.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
 
 @pytest.fixture(autouse=True)
 def _count_requests(request):
@@ -34,3 +42,35 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for name, n in sorted(counts.items()):
         tr.write_line(f"{n:7d}  {name}")
     tr.write_line(f"{sum(counts.values()):7d}  total")
+
+
+def _start(factory, what: str):
+    from testbed import TestbedError
+    try:
+        return factory()
+    except TestbedError as e:  # a daemon that cannot start fails the test, with its reason
+        pytest.fail(f"test bed: {what} did not start: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def rel_local():
+    """The local Docker host (containerd store) of the reliability suite, with the registry image."""
+    from pussh_support import build_registry_image
+    from testbed import LocalHost
+    h = _start(lambda: LocalHost("containerd"), "local host")
+    try:
+        build_registry_image(h)
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture(scope="session")
+def rel_remote():
+    """The server (containerd store) the fault, concurrency and security tests push to."""
+    from testbed import RemoteHost
+    h = _start(lambda: RemoteHost("containerd"), "remote host")
+    try:
+        yield h
+    finally:
+        h.stop()
