@@ -74,3 +74,14 @@ def rel_remote():
         yield h
     finally:
         h.stop()
+
+
+@pytest.fixture(scope="session")
+def rel_env(rel_local, rel_remote):
+    """(local, remote) with the registry image already on the server: a first push carries it, and
+    a test that measures or races pushes must not count that transfer."""
+    from relhosts import push
+    from testbed import build_test_image
+    build_test_image(rel_local, "warmup/app:1", [0.5], seed="warmup", text_mb=0.1)
+    push(rel_local, rel_remote, "warmup/app:1")
+    return rel_local, rel_remote
