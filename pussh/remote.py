@@ -202,7 +202,9 @@ eval "$docker" rm -f "$cid" >/dev/null
 
 
 async def remove_leftovers(conn: Connection, server: Server) -> None:
-    """Remove registry containers of crashed runs: stopped ones, and running ones older than LEFTOVER_AGE."""
+    """Remove registry containers of crashed runs: exited ones, and any older than LEFTOVER_AGE. Not
+    a "created" one: that is a concurrent push between `docker run`'s create and start (removing it
+    failed that push: "No such container"); a crash there leaves it to the age rule."""
     res = await conn.run([*server.docker, "ps", "-a", "--filter", f"label={REGISTRY_LABEL}=1", "--format",
                           "{{.ID}} {{.State}} {{.Label \"" + CREATED_LABEL + "\"}}"])
     now = time.time()
@@ -212,7 +214,7 @@ async def remove_leftovers(conn: Connection, server: Server) -> None:
         if len(parts) < 2:
             continue
         created = float(parts[2]) if len(parts) > 2 and parts[2].replace(".", "", 1).isdigit() else 0.0
-        if parts[1] != "running" or now - created > LEFTOVER_AGE:
+        if parts[1] in ("exited", "dead") or now - created > LEFTOVER_AGE:
             stale.append(parts[0])
     if stale:
         await conn.run([*server.docker, "rm", "-f", *stale])
