@@ -22,11 +22,9 @@ RATE = "200mbit"  # 25 MB/s: 64 MiB take ~2.7 s, so a 10 ms poll lands within 0.
 
 
 @pytest.fixture(scope="module")
-def env(rel_local, rel_remote):
-    """The registry image on the server already (a first push carries it), and a wire gauge."""
-    build_pair(rel_local, "faults/warmup", 1)
-    push(rel_local, rel_remote, "faults/warmup-old:1")
-    return rel_local, rel_remote, Wire(rel_remote)
+def env(rel_env):
+    local, remote = rel_env
+    return local, remote, Wire(remote)
 
 
 def _kill_registry(remote) -> None:
