@@ -35,16 +35,19 @@ def build_pair(local, name: str, big_mb: float, small_mb: float = 2) -> tuple[st
 
 
 def blobs_of(host_socket: str, image: str) -> dict[str, int]:
-    """Config and layer digests -> size of an image's linux/amd64 manifest in a containerd store."""
+    """Config and layer digests -> size of every manifest of an image in a containerd store: the
+    platform's, and the attestation manifest that comes with it (pussh sends both). Test images are
+    single-platform."""
     async def read() -> dict[str, int]:
         async with Containerd(host_socket, "moby") as c:
             img = await c.images.get(full_name(image))
             body = json.loads(await c.content.read_all(img.target.digest))
-            if "manifests" in body:
-                m = next(m for m in body["manifests"] if m.get("platform", {}).get("architecture") == "amd64")
-                body = json.loads(await c.content.read_all(m["digest"]))
-            out = {l["digest"]: l["size"] for l in body["layers"]}
-            out[body["config"]["digest"]] = body["config"]["size"]
+            manifests = [json.loads(await c.content.read_all(m["digest"])) for m in body["manifests"]] \
+                if "manifests" in body else [body]
+            out = {}
+            for m in manifests:
+                out.update({l["digest"]: l["size"] for l in m["layers"]})
+                out[m["config"]["digest"]] = m["config"]["size"]
             return out
     return asyncio.run(read())
 
@@ -193,6 +196,12 @@ def check_whole(remote, image: str, allowed: dict[str, str]) -> str:
     assert target in allowed, f"{image} points at {target}, neither the old nor the new image {sorted(allowed)}"
     assert run_output(remote, image) == allowed[target]
     return target
+
+
+def explain_sent(remote, blobs: dict[str, int], sent: list[str]) -> dict:
+    """For an assertion message: each digest sent, its local size and the server's."""
+    have = report(remote.containerd_socket_outside).content
+    return {d: (blobs.get(d), have.get(d)) for d in set(sent) | set(blobs)}
 
 
 def missing_blobs(remote, blobs: dict[str, int]) -> set[str]:
