@@ -4,11 +4,16 @@
 #   behind a TLS-inspecting proxy, hand pip the CA bundle as a build secret:
 #   docker build --network host --secret id=pipcert,src=/etc/ssl/certs/ca-certificates.crt -t ... .
 #   (and --build-arg PIP_INDEX_URL=... for a mirror)
-#   docker run -d -p 5000:5000 -v /run/containerd/containerd.sock:/run/containerd/containerd.sock pussh-registry:0.1.0
+#   echo "PUSSH_REGISTRY_TOKEN=$(openssl rand -hex 32)" | docker run -d -p 5000:5000 --env-file /dev/stdin \
+#     --group-add "$(stat -c %g /run/containerd/containerd.sock)" \
+#     -v /run/containerd/containerd.sock:/run/containerd/containerd.sock pussh-registry:0.1.0
 #
 # Options come as arguments after the image name (`--listen 127.0.0.1:0 --namespace moby`) or as
 # PUSSH_REGISTRY_* variables; the token only by variable or file (PUSSH_REGISTRY_TOKEN, --token-file).
-# It runs as root: containerd's socket is root's. Mounting the host's content directory read-only at
+# It runs as an unprivileged user (65532) that can reach only what is mounted: --group-add gives it the
+# containerd socket's group (the socket is mode 0660), which is all it needs. (That socket is still
+# root-equivalent on the host: keep the registry on loopback or behind the token.) Mounting the
+# host's content directory read-only at
 # the same path (-v /var/lib/containerd/io.containerd.content.v1.content:...:ro) lets blob GETs read
 # files directly instead of through gRPC.
 ARG BASE_IMAGE=python:3.11-slim
@@ -35,4 +40,5 @@ RUN --mount=type=secret,id=pipcert,required=false \
 ENV PUSSH_REGISTRY_LISTEN=0.0.0.0:5000
 EXPOSE 5000
 STOPSIGNAL SIGTERM
+USER 65532:65532
 ENTRYPOINT ["/opt/pussh/bin/pussh-registry"]

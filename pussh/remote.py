@@ -37,7 +37,7 @@ DOCKER_PATHS = ("docker", "/usr/bin/docker", "/usr/local/bin/docker", "/snap/bin
 _PROBE = """
 for d in $1; do if command -v "$d" >/dev/null 2>&1; then echo "docker=$(command -v "$d")"; break; fi; done
 shift
-for s in "$@"; do if [ -S "$s" ]; then echo "socket=$s"; fi; done
+for s in "$@"; do if [ -S "$s" ]; then echo "socket=$s"; echo "socketgid=$(stat -c %g "$s" 2>/dev/null)"; fi; done
 exit 0
 """
 
@@ -50,6 +50,7 @@ class Server:
     platform: Platform
     docker_version: str
     docker_root: str = "/var/lib/docker"
+    socket_gid: int | None = None  # the containerd socket's group: the registry runs as a user of it
 
     @property
     def sudo(self) -> tuple[str, ...]:
@@ -77,6 +78,7 @@ async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | N
     res = await conn.run(["sh", "-c", _PROBE, "sh", " ".join(DOCKER_PATHS), *candidates])
     found = dict(l.split("=", 1) for l in res.stdout.splitlines() if "=" in l)
     sockets = [l.split("=", 1)[1] for l in res.stdout.splitlines() if l.startswith("socket=")]
+    gids = [l.split("=", 1)[1].strip() for l in res.stdout.splitlines() if l.startswith("socketgid=")]
     if docker_cmd:
         docker = tuple(shlex.split(docker_cmd))
     elif "docker" in found:
@@ -94,7 +96,8 @@ async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | N
     store = status.get("driver-type") == "io.containerd.snapshotter.v1"
     plat = Platform(str(info.get("OSType") or "linux"), normalize_arch(str(info.get("Architecture") or "").lower()))
     return Server(docker, sockets[0], store, plat, str(info.get("ServerVersion") or ""),
-                  str(info.get("DockerRootDir") or "/var/lib/docker"))
+                  str(info.get("DockerRootDir") or "/var/lib/docker"),
+                  int(gids[0]) if gids and gids[0].isdigit() else None)
 
 
 async def _docker_info(conn: Connection, docker: tuple[str, ...], explicit: bool) -> tuple[dict, tuple[str, ...]]:
@@ -238,6 +241,8 @@ async def start_registry(conn: Connection, server: Server, image: str, token: st
     argv = [*server.docker, "run", "-d", "--pull", "never", "--network", "host",
             "--label", f"{REGISTRY_LABEL}=1", "--label", f"{CREATED_LABEL}={int(time.time())}",
             "--env-file", "/dev/stdin", "-v", f"{server.containerd_socket}:{CONTAINER_SOCKET}",
+            # the image's unprivileged user, in the socket's group (or root when the group is unknown)
+            *(["--group-add", str(server.socket_gid)] if server.socket_gid is not None else ["--user", "0:0"]),
             image, "--listen", "127.0.0.1:0", "--namespace", namespace]
     cmd = shlex.join(["sh", "-c", _KEEPER, "sh", shlex.join(server.docker), *argv])
     keeper = await conn.conn.create_process(cmd)
