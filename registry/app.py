@@ -89,12 +89,20 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def _check_name(name: str) -> None:
-    if not R.is_valid_repository(name):
-        raise E.name_invalid(detail={"name": name})
+    """A repository name as the spec has it, or (beyond the spec, for images named after another
+    registry) HOST[:PORT]/path, so that pussh can push `localhost:5000/app:1` as that name."""
+    first, sep, rest = name.partition("/")
     try:
-        R.split_domain(name)
+        if sep and (":" in first or first.startswith("[")):
+            domain, path = R.split_domain(name)  # validates the host (and port)
+            valid = len(name) <= R.MAX_NAME and domain == first and R.is_valid_repository(path)
+        else:
+            valid = R.is_valid_repository(name)
+            R.split_domain(name)
     except R.InvalidReference:
-        raise E.name_invalid(detail={"name": name}) from None
+        valid = False
+    if not valid:
+        raise E.name_invalid(detail={"name": name})
 
 
 def _authorized(header: str, token: str) -> bool:
