@@ -49,8 +49,19 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
 
 
+_HOST_PORT = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                        r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?")
+
+
 def valid_name(name: str) -> bool:
-    return len(name) <= 255 and _NAME.fullmatch(name) is not None
+    """The spec's repository grammar; or, the registry's one extension (so pussh can push images
+    named after another registry), HOST:PORT/path."""
+    if len(name) > 255:
+        return False
+    first, sep, rest = name.partition("/")
+    if sep and (":" in first or first.startswith("[")):
+        return _HOST_PORT.fullmatch(first) is not None and _NAME.fullmatch(rest) is not None
+    return _NAME.fullmatch(name) is not None
 
 
 def valid_tag(tag: str) -> bool:
@@ -135,7 +146,11 @@ ADVERSARIAL = ["..", ".", "%2e%2e", "%2E%2E", "..%2f..", "..%2F..%2Fetc", "%2f",
                "a,b", "$(id)", "`id`", "'", "%22", "*", "a%E2%80%8Bb", "%252e%252e", "a%2fb", "a%252fb", "x" * 300]
 name_piece = st.one_of(st.from_regex(r"[a-z0-9]{1,8}(?:[._-][a-z0-9]{1,6})?", fullmatch=True),
                        st.sampled_from(ADVERSARIAL))
-names = st.lists(name_piece, min_size=1, max_size=5).map("/".join)
+names = st.one_of(
+    st.lists(name_piece, min_size=1, max_size=5).map("/".join),
+    st.tuples(st.sampled_from(["localhost:5000", "127.0.0.1:5000", "[::1]:5000", "reg.example.com:8443", "h:x",
+                               "[zz]:1", "a..b:1", "-h:1", "h:", "H:1", "[::1]"]),
+              st.lists(name_piece, min_size=1, max_size=3).map("/".join)).map("/".join))
 
 
 def wire_ok(text: str) -> bool:
