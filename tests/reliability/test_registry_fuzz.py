@@ -98,6 +98,8 @@ class Fuzz:
 
 @pytest.fixture(scope="module")
 def fz(tmp_path_factory):
+    from relsupport import set_counter
+    set_counter("fuzz setup (seed image)")
     d = tmp_path_factory.mktemp("fuzz")
     with bare_containerd(d) as sock:
         token = secrets.token_urlsafe(24)

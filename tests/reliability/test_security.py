@@ -173,7 +173,7 @@ def _reload_sshd(remote) -> None:
 
 # Valid references, using every separator the grammar allows (and a registry host with a port);
 # built from the same image, pushed as is, found on the server under exactly that name.
-VALID_NAMES = ["sec/a-b--c__d.e_f:T_a.g-1", "sec/x.y/z-9:1.0-rc_1", "localhost:5000/sec/app:v1",
+VALID_NAMES = ["sec/a-b--c__d.e_f:T_a.g-1", "sec/x.y/z-9:1.0-rc_1", "localhost:5000/sec/app:v1", "[::1]:5000/sec/app:v6",
                "registry.example.com:8443/sec/deep/path/app:latest", "sec/" + "a" * 60 + ":" + "t" * 128]
 # Shell metacharacters, option-looking and other invalid strings: refused before any connection.
 INVALID_NAMES = ["sec/app:$(touch${IFS}/tmp/pussh-pwned)", "sec/app;touch /tmp/pussh-pwned:1", "sec/app:1 && id",
