@@ -82,11 +82,14 @@ class DockerAPI:
             return await resp.json() if resp.content_type == "application/json" else None
 
     async def run_detached(self, image: str, cmd: list[str], *, env: list[str], binds: list[str],
-                           labels: dict[str, str], network: str = "host") -> str:
+                           labels: dict[str, str], network: str = "host", user: str = "",
+                           group_add: list[str] | None = None) -> str:
         """`docker run -d` through the API (the environment stays out of any argv); returns the ID."""
         created = await self._post("/containers/create", {
             "Image": image, "Cmd": cmd, "Env": env, "Labels": labels,
-            "HostConfig": {"Binds": binds, "NetworkMode": network, "AutoRemove": False}})
+            "User": user,
+            "HostConfig": {"Binds": binds, "NetworkMode": network, "AutoRemove": False,
+                           "GroupAdd": group_add or None}})
         cid = created["Id"]
         try:
             await self._post(f"/containers/{cid}/start")

@@ -5,6 +5,7 @@ Range requests, never as a whole-image `docker save`."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import time
@@ -41,11 +42,17 @@ class HelperSource:
     async def open(cls, docker: DockerAPI, ref: R.Reference, image: str, socket: str, namespace: str,
                    repo: str, timeout: float = 30.0) -> "HelperSource":
         token = secrets.token_urlsafe(32)
+        # The image's unprivileged user gets the socket's group; root where this user cannot even stat it.
+        try:
+            gid: int | None = os.stat(socket).st_gid
+        except OSError:
+            gid = None
         try:
             cid = await docker.run_detached(
                 image, ["--listen", "127.0.0.1:0", "--namespace", namespace],
                 env=[f"PUSSH_REGISTRY_TOKEN={token}"], binds=[f"{socket}:/run/containerd/containerd.sock"],
-                labels={LABEL: "1", "pussh.registry.created": str(int(time.time()))})
+                labels={LABEL: "1", "pussh.registry.created": str(int(time.time()))},
+                user="0:0" if gid is None else "", group_add=None if gid is None else [str(gid)])
         except DockerError as err:
             if err.status == 404:
                 raise NoHelperImage(f"the registry image {image} is not in the local Docker") from None
