@@ -16,7 +16,7 @@ from oci.manifest import parse_platform
 from . import __version__
 from .errors import PusshError, UsageError
 from .progress import UI
-from .push import HostResult, PushOptions, push_to_host
+from .push import HostResult, PushOptions, connect, push_to_host
 from .source import ImageSource, open_source
 from .ssh import SSHOptions
 from .target import Target, parse_target
@@ -79,13 +79,29 @@ def command(image: str, hosts: tuple[str, ...], ssh_keys, ssh_configs, platforms
 
 async def _main(ref: R.Reference, targets: list[Target], opts: PushOptions, ui: UI, containerd_socket: str | None,
                 containerd_namespace: str | None, docker_host: str | None) -> list[HostResult]:
-    source: ImageSource = await open_source(ref, socket_flag=containerd_socket, namespace_flag=containerd_namespace,
-                                            docker_host=docker_host, registry_image=opts.registry_image)
+    # SSH connections come up while the local image is read.
+    connecting = [connect(t, opts) for t in targets]
+    try:
+        source: ImageSource = await open_source(ref, socket_flag=containerd_socket, namespace_flag=containerd_namespace,
+                                                docker_host=docker_host, registry_image=opts.registry_image)
+    except BaseException:
+        await _close_all(connecting)
+        raise
     try:
         with ui:
-            return list(await asyncio.gather(*(push_to_host(source, t, opts, ui) for t in targets)))
+            return list(await asyncio.gather(*(push_to_host(source, t, opts, ui, c) for t, c in zip(targets, connecting))))
     finally:
         await source.close()
+
+
+async def _close_all(connecting: list[asyncio.Future]) -> None:
+    for c in connecting:
+        c.cancel()
+    for c in connecting:
+        try:
+            await (await c).close()
+        except BaseException:  # cancelled or failed: nothing to close
+            pass
 
 
 def _run(coro):

@@ -68,11 +68,13 @@ class HostResult:
         return json.dumps(asdict(self), separators=(",", ":"))
 
 
-async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, ui: UI) -> HostResult:
+async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, ui: UI,
+                       connecting: asyncio.Future[ssh.Connection] | None = None) -> HostResult:
+    """`connecting`: the SSH connection, when it was started while the local image was being read."""
     result = HostResult(host=str(target), image=source.ref.familiar)
     t0 = time.monotonic()
     try:
-        await _connect_and_push(source, target, opts, ui, result)
+        await _connect_and_push(source, target, opts, ui, result, connecting)
         result.ok = True
     except PusshError as err:
         result.error, result.exit_code = str(err), err.exit_code
@@ -88,47 +90,50 @@ async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, u
     return result
 
 
-async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, result: HostResult) -> None:
+def connect(target: Target, opts: PushOptions) -> asyncio.Future[ssh.Connection]:
+    return asyncio.ensure_future(asyncio.wait_for(ssh.connect(target, opts.ssh), opts.ssh.connect_timeout + 5))
+
+
+async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, result: HostResult,
+                            connecting: asyncio.Future[ssh.Connection] | None) -> None:
     label = str(target)
-    conn = await asyncio.wait_for(ssh.connect(target, opts.ssh), opts.ssh.connect_timeout + 5)
+    conn = await (connecting or connect(target, opts))
     try:
-        # 3. Server checks: docker (sudo -n if needed), containerd socket, image store, platform.
-        server = await remote.probe(conn, opts.remote_docker, opts.remote_containerd_socket)
+        # 3. Server checks: docker (sudo -n if needed), containerd socket, image store, platform, and
+        #    what the tag points at now. (Not with --platform: a server that pulled one platform of an
+        #    index has the same tag target without the other platforms' content.)
+        server, current = await remote.probe(conn, opts.remote_docker, opts.remote_containerd_socket,
+                                             None if opts.platforms else source.ref.name)
         ui.debug(f"{label}: docker {server.docker_version} ({' '.join(server.docker)}), containerd at "
                  f"{server.containerd_socket}, {'containerd' if server.containerd_store else 'classic'} image store, "
                  f"{server.platform}")
-        # 4. Containerd store: the registry container (loopback, free port, per-push token), started
-        #    while the local side works out what to send.
         token = secrets.token_urlsafe(32)
-        # What the tag points at on the server now: when it is already this image (a repeated
-        # push), nothing needs sending and no registry needs starting.
-        # (Not with --platform: a server that pulled one platform of an index has the same tag target
-        # without the other platforms' content.)
-        current = (asyncio.ensure_future(remote.image_id(conn, server, source.ref.name))
-                   if server.containerd_store and not opts.platforms else None)
         starting: asyncio.Future | None = None
         try:
+            # 4. Containerd store: the registry container (loopback, free port, per-push token),
+            #    started while the local side works out what to send; not when the tag is already
+            #    this image (a repeated push).
+            if server.containerd_store and (current is None or current != source.root.digest):
+                starting = asyncio.ensure_future(_start_registry(conn, server, opts, token, ui))
             root = await source.resolve(zstd=server.supports_zstd)
             ui.debug(f"{label}: local image {source.ref.familiar} {root.digest} from {source.description}"
                      + (f" ({source.compressed_layers} layers compressed)" if hasattr(source, "compressed_layers") else ""))
             plan = await make_plan(source, opts.platforms or [server.platform], explicit=bool(opts.platforms), root=root)
             result.platforms = [str(p) for p in plan.platforms]
             result.digest = plan.root.digest
-            if current is not None and await current == plan.root.digest:
+            if server.containerd_store and current == plan.root.digest:
                 result.blobs_skipped = len(plan.blobs)
                 result.bytes_skipped = sum(b.size for b in plan.blobs)
                 ui.debug(f"{label}: the server's {source.ref.familiar} is already {plan.root.digest}")
+                if starting is not None:
+                    await _shielded(_remove_once_started(conn, server, starting))
                 return
-            if server.containerd_store:
-                starting = asyncio.ensure_future(_start_registry(conn, server, opts, token, ui))
             if starting is None:
                 # 8. Classic store: straight into Docker with `docker load`, only the layers it lacks (classic.py).
                 await load_image(conn, server, source, plan, source.ref.familiar, ui, result)
                 return
             container = await asyncio.shield(starting)
         except BaseException:
-            if current is not None:
-                current.cancel()
             if starting is not None:  # let a registry that is still starting come up, then remove it
                 await _shielded(_remove_once_started(conn, server, starting))
             raise
@@ -145,11 +150,17 @@ async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptio
 
 async def _start_registry(conn: ssh.Connection, server: remote.Server, opts: PushOptions, token: str,
                           ui: UI) -> remote.RegistryContainer:
-    await remote.remove_leftovers(conn, server)
-    if not await remote.has_image(conn, server, opts.registry_image):
-        await send_registry_image(conn, server, opts.registry_image, ui)
-    return await remote.start_registry(conn, server, opts.registry_image, token, REGISTRY_NAMESPACE,
-                                       timeout=opts.timeout)
+    leftovers = asyncio.ensure_future(remote.remove_leftovers(conn, server))  # housekeeping, alongside
+    try:
+        try:
+            return await remote.start_registry(conn, server, opts.registry_image, token, REGISTRY_NAMESPACE,
+                                               timeout=opts.timeout)
+        except remote.RegistryImageMissing:
+            await send_registry_image(conn, server, opts.registry_image, ui)
+            return await remote.start_registry(conn, server, opts.registry_image, token, REGISTRY_NAMESPACE,
+                                               timeout=opts.timeout)
+    finally:
+        await _shielded(leftovers)
 
 
 async def _remove_once_started(conn: ssh.Connection, server: remote.Server, starting: asyncio.Future) -> None:

@@ -14,7 +14,7 @@ import asyncssh
 from oci.manifest import Platform, normalize_arch
 
 from .errors import PusshError
-from .ssh import Connection
+from .ssh import Connection, Result
 
 REGISTRY_LABEL = "pussh.registry"
 CREATED_LABEL = "pussh.registry.created"
@@ -33,11 +33,20 @@ CONTAINERD_SOCKETS = (
 )
 DOCKER_PATHS = ("docker", "/usr/bin/docker", "/usr/local/bin/docker", "/snap/bin/docker", "/opt/bin/docker")
 
-# One round trip: print the docker binary found, then each containerd socket that exists.
+# One round trip: the docker command (given, or the first found), each containerd socket that exists
+# with its group, `docker info`, and what the image's name points at now.
 _PROBE = """
-for d in $1; do if command -v "$d" >/dev/null 2>&1; then echo "docker=$(command -v "$d")"; break; fi; done
-shift
+docker=$1; paths=$2; name=$3; shift 3
+if [ -z "$docker" ]; then
+  for d in $paths; do if command -v "$d" >/dev/null 2>&1; then docker=$(command -v "$d"); break; fi; done
+fi
+echo "docker=$docker"
 for s in "$@"; do if [ -S "$s" ]; then echo "socket=$s"; echo "socketgid=$(stat -c %g "$s" 2>/dev/null)"; fi; done
+[ -n "$docker" ] || exit 0
+[ -n "$name" ] && echo "current=$(eval "$docker" image inspect --format "'{{.Id}}'" '"$name"' 2>/dev/null)" &
+out=$(eval "$docker" info --format "'{{json .}}'" 2>&1); echo "inforc=$?"
+printf '%s\n' "$out" | while IFS= read -r l; do printf 'info=%s\n' "$l"; done
+wait
 exit 0
 """
 
@@ -71,22 +80,30 @@ class Server:
             return False
 
 
-async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | None = None) -> Server:
-    """Server checks: docker (with `sudo -n` when needed), the containerd socket, store and platform."""
+async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | None = None,
+                image: str | None = None) -> tuple[Server, str | None]:
+    """Server checks in one round trip: docker (with `sudo -n` when needed), the containerd socket,
+    store and platform; and the ID of what `image` names on the server now (None: nothing)."""
     label = conn.label
     candidates = [socket] if socket else list(CONTAINERD_SOCKETS)
-    res = await conn.run(["sh", "-c", _PROBE, "sh", " ".join(DOCKER_PATHS), *candidates])
-    found = dict(l.split("=", 1) for l in res.stdout.splitlines() if "=" in l)
-    sockets = [l.split("=", 1)[1] for l in res.stdout.splitlines() if l.startswith("socket=")]
-    gids = [l.split("=", 1)[1].strip() for l in res.stdout.splitlines() if l.startswith("socketgid=")]
-    if docker_cmd:
-        docker = tuple(shlex.split(docker_cmd))
-    elif "docker" in found:
+    given = tuple(shlex.split(docker_cmd)) if docker_cmd else ()
+    res = await conn.run(["sh", "-c", _PROBE, "sh", shlex.join(given), " ".join(DOCKER_PATHS), image or "", *candidates])
+    lines = res.stdout.splitlines()
+    found = dict(l.split("=", 1) for l in lines if "=" in l and not l.startswith("info="))
+    sockets = [l.split("=", 1)[1] for l in lines if l.startswith("socket=")]
+    gids = [l.split("=", 1)[1].strip() for l in lines if l.startswith("socketgid=")]
+    if given:
+        docker = given
+    elif found.get("docker"):
         docker = (found["docker"],)
     else:
         raise PusshError(f"{label}: docker not found on the server (looked for {', '.join(DOCKER_PATHS)}); "
                          "install Docker or pass --remote-docker PATH")
-    info, docker = await _docker_info(conn, docker, explicit=bool(docker_cmd))
+    out = "\n".join(l[5:] for l in lines if l.startswith("info="))
+    rc = int(found.get("inforc") or 1)
+    searched = docker
+    info, docker = await _docker_info(conn, docker, explicit=bool(given),
+                                      first=Result([*docker, "info"], rc, out, "" if rc == 0 else out))
     if socket and not sockets:
         raise PusshError(f"{label}: no containerd socket at {socket} on the server")
     if not sockets:
@@ -95,14 +112,19 @@ async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | N
     status = dict((k, v) for k, v in (info.get("DriverStatus") or []) if isinstance(k, str))
     store = status.get("driver-type") == "io.containerd.snapshotter.v1"
     plat = Platform(str(info.get("OSType") or "linux"), normalize_arch(str(info.get("Architecture") or "").lower()))
-    return Server(docker, sockets[0], store, plat, str(info.get("ServerVersion") or ""),
-                  str(info.get("DockerRootDir") or "/var/lib/docker"),
-                  int(gids[0]) if gids and gids[0].isdigit() else None)
+    server = Server(docker, sockets[0], store, plat, str(info.get("ServerVersion") or ""),
+                    str(info.get("DockerRootDir") or "/var/lib/docker"),
+                    int(gids[0]) if gids and gids[0].isdigit() else None)
+    current = found.get("current", "").strip() or None
+    if image and docker != searched:  # it took sudo: ask again
+        current = await image_id(conn, server, image)
+    return server, current
 
 
-async def _docker_info(conn: Connection, docker: tuple[str, ...], explicit: bool) -> tuple[dict, tuple[str, ...]]:
+async def _docker_info(conn: Connection, docker: tuple[str, ...], explicit: bool,
+                       first: Result) -> tuple[dict, tuple[str, ...]]:
     label = conn.label
-    res = await conn.run([*docker, "info", "--format", "{{json .}}"])
+    res = first
     info = _parse_info(res.stdout)
     problem = _info_problem(res, info)
     if problem and "permission denied" in problem.lower() and not explicit and docker[0] != "sudo":
@@ -192,16 +214,26 @@ class RegistryContainer:
 
 
 # Start the registry and keep it only as long as this SSH session lives: the token comes as the
-# first stdin line (never in an argv), the container ID goes to stdout, then the script waits for
-# stdin to close and removes the container.
+# first stdin line (never in an argv), the container ID goes to stdout, then the container's log up
+# to its "listening" line (or a last line if it exits first); then the script waits for stdin to
+# close and removes the container. One exec channel, so one round trip, for all of it.
 _KEEPER = """
 IFS= read -r token || exit 3
 docker=$1; shift
-cid=$(printf 'PUSSH_REGISTRY_TOKEN=%s\n' "$token" | "$@") || exit 4
+cid=$(printf 'PUSSH_REGISTRY_TOKEN=%s\\n' "$token" | "$@") || exit 4
 echo "cid=$cid"
+( eval "$docker" logs -f "$cid" 2>&1 | while IFS= read -r line; do
+    printf '%s\\n' "$line"
+    case $line in *"pussh-registry listening on"*) exit 7;; esac
+  done
+  [ $? = 7 ] || echo "pussh: the registry container exited" ) &
 cat >/dev/null
 eval "$docker" rm -f "$cid" >/dev/null
 """
+
+
+class RegistryImageMissing(PusshError):
+    """The server has no registry image: send it, then start again."""
 
 
 async def remove_leftovers(conn: Connection, server: Server) -> None:
@@ -223,10 +255,6 @@ async def remove_leftovers(conn: Connection, server: Server) -> None:
         await conn.run([*server.docker, "rm", "-f", *stale])
 
 
-async def has_image(conn: Connection, server: Server, image: str) -> bool:
-    return await image_id(conn, server, image) is not None
-
-
 async def image_id(conn: Connection, server: Server, image: str) -> str | None:
     """Docker's ID of the image, or None. With the containerd store it is the digest of the
     image's target (index or manifest)."""
@@ -246,47 +274,40 @@ async def start_registry(conn: Connection, server: Server, image: str, token: st
             image, "--listen", "127.0.0.1:0", "--namespace", namespace]
     cmd = shlex.join(["sh", "-c", _KEEPER, "sh", shlex.join(server.docker), *argv])
     keeper = await conn.conn.create_process(cmd)
-    try:
-        keeper.stdin.write(token + "\n")
-        line = await asyncio.wait_for(keeper.stdout.readline(), timeout)
-    except BaseException:
-        keeper.close()
-        raise
-    if not line.startswith("cid="):
-        err = (await keeper.stderr.read()).strip().splitlines()
-        keeper.close()
-        msg = err[-1] if err else "no output"
-        if "No such image" in msg or ("not found" in msg.lower() and image in msg):
-            raise PusshError(f"{conn.label}: the registry image {image} is not on the server")
-        raise PusshError(f"{conn.label}: cannot start the registry container: {msg}")
-    container = RegistryContainer(line[4:].strip(), 0, keeper)
-    try:
-        container.port = await _wait_ready(conn, server, container.id, timeout)
-    except BaseException:
-        await stop_registry(conn, server, container)
-        raise
-    return container
-
-
-async def _wait_ready(conn: Connection, server: Server, cid: str, timeout: float) -> int:
-    """Follow the container's log until the registry says where it listens (or the container dies)."""
-    cmd = shlex.join([*server.docker, "logs", "-f", cid])
-    proc = await conn.conn.create_process(cmd, stderr=asyncssh.STDOUT)
+    container = RegistryContainer("", 0, keeper)
     seen: list[str] = []
     try:
-        async def read() -> int:
-            async for line in proc.stdout:
-                seen.append(line.rstrip())
+        async def ready() -> int:
+            async for line in keeper.stdout:
+                line = line.rstrip()
+                if line.startswith("cid=") and not container.id:
+                    container.id = line[4:].strip()
+                    continue
+                seen.append(line)
                 m = READY_RE.search(line)
                 if m:
                     return int(m.group(2))
-            raise PusshError(f"{conn.label}: the registry container exited: {' | '.join(seen[-3:]) or 'no output'}")
-        return await asyncio.wait_for(read(), timeout)
+            return 0
+        keeper.stdin.write(token + "\n")
+        container.port = await asyncio.wait_for(ready(), timeout)
     except asyncio.TimeoutError:
+        await stop_registry(conn, server, container)
         raise PusshError(f"{conn.label}: the registry did not start within {timeout:.0f}s: "
                          f"{' | '.join(seen[-3:]) or 'no output'}") from None
-    finally:
-        proc.close()
+    except BaseException:
+        await stop_registry(conn, server, container)
+        raise
+    if container.port:
+        return container
+    if not container.id:  # `docker run` itself failed
+        err = [l for l in (await keeper.stderr.read()).strip().splitlines() if "docker run --help" not in l]
+        keeper.close()
+        msg = " ".join(err) or "no output"
+        if "No such image" in msg or ("not found" in msg.lower() and image in msg):
+            raise RegistryImageMissing(f"{conn.label}: the registry image {image} is not on the server")
+        raise PusshError(f"{conn.label}: cannot start the registry container: {msg}")
+    await stop_registry(conn, server, container)
+    raise PusshError(f"{conn.label}: the registry container exited: {' | '.join(seen[-3:]) or 'no output'}")
 
 
 async def stop_registry(conn: Connection, server: Server, container: RegistryContainer) -> None:
@@ -302,4 +323,5 @@ async def stop_registry(conn: Connection, server: Server, container: RegistryCon
             pass
         finally:
             container.keeper.close()
-    await conn.run([*server.docker, "rm", "-f", container.id], timeout=30)
+    if container.id:
+        await conn.run([*server.docker, "rm", "-f", container.id], timeout=30)

@@ -9,7 +9,7 @@ import asyncssh
 from .dockerapi import DockerAPI, DockerError
 from .errors import PusshError
 from .progress import UI
-from .remote import Server, has_image
+from .remote import Server, image_id
 from .ssh import Connection
 
 
@@ -48,5 +48,5 @@ async def send_registry_image(conn: Connection, server: Server, image: str, ui: 
         bar.finish("sent")
     finally:
         await docker.close()
-    if not await has_image(conn, server, image):
+    if await image_id(conn, server, image) is None:
         raise PusshError(f"{conn.label}: the registry image {image} was loaded but the server does not list it")
