@@ -2,8 +2,7 @@
 
     .venv/bin/python -m benchmarks.report [benchmarks/out/<time>.json] [--md PATH] [--png PATH]
 
-Without an argument: the newest benchmarks/out/*.json. Reads the output of `benchmarks.run` (and the
-simpler one of `benchmarks.run_basic`). benchmarks/analysis.md, when present, is copied into
+Without an argument: the newest benchmarks/out/*.json (the output of `benchmarks.run`). benchmarks/analysis.md, when present, is copied into
 RESULTS.md under "Analysis" (the hand-written reading of the run: causes of the missed targets).
 """
 from __future__ import annotations
@@ -23,48 +22,6 @@ SCENARIO_ORDER = ["S1", "S2", "S3", "S4", "S5", "S6.1", "S6.2", "S6.3", "S7.1", 
 MAIN = ["S1", "S2", "S3", "S4", "S5", "S8"]
 SHAPE_ORDER = ["unshaped", "shaped"]
 MB = 1e6
-
-
-def normalize(data: dict) -> dict:
-    """Accept the simpler format of `benchmarks.run_basic` ("cells", S1-S3 only) as well."""
-    if "samples" in data or "cells" not in data:
-        return data
-    blobs = data.get("image_blobs", {})
-    tags = {}
-    for old, new in (("bench/app:1", "bench/app4:1"), ("bench/app:1-v2", "bench/app4:2")):
-        b = dict(blobs.get(old) or {})
-        if b:
-            b["total"] = b["index"] + b["manifest"] + b["config"] + sum(s for _, s in b["layers"])
-            tags[new] = b
-    if "bench/app4:1" in tags and "bench/app4:2" in tags:
-        v1 = {d for d, _ in tags["bench/app4:1"]["layers"]}
-        v2 = tags["bench/app4:2"]
-        v2["changed_layer"] = sum(s for d, s in v2["layers"] if d not in v1)
-    shaped = data.get("shapings", {}).get("shaped") or [None, None]
-    mc = data.get("machine", {})
-    meta = {
-        "argv": data.get("command", "").replace("sudo ", "").replace(".venv/bin/python", "python").split(),
-        "started": data.get("started"),
-        "config": {"runs": data.get("runs"), "scale": 1 if data.get("sizes_mb") == [150.0, 100.0, 50.0] else "custom",
-                   "rate": shaped[0], "delay_one_way": shaped[1]},
-        "machine": {"cpu": mc.get("cpu"), "cores": mc.get("nproc"), "mem_gb": mc.get("mem_gb"),
-                    "kernel": mc.get("kernel"), "os": "?"},
-        "versions": {"docker_cli": mc.get("docker"), "containerd": mc.get("containerd"),
-                     "openssh": mc.get("openssh"), "docker-registry": mc.get("docker_registry"),
-                     "python": mc.get("python")},
-        "images": {"app4": {"sizes_mb": data.get("sizes_mb", []), "text_mb": 3, "tags": tags}},
-        "commands": {k: v.get("templates", []) for k, v in data.get("methods", {}).items()},
-        "scenarios": data.get("scenarios", {}),
-    }
-    samples = []
-    for c in data["cells"]:
-        daemons = c.get("server_daemons_cpu", {})
-        samples.append({
-            **c, "shape": c["shaping"], "servers": 1, "registry_cpu": c.get("server_registry_cpu", 0.0),
-            "registry_rss": c.get("server_registry_rss", 0), "daemons_cpu": daemons,
-            "server_cpu": c.get("server_registry_cpu", 0.0) + sum(daemons.values()),
-            "local_daemons_cpu": None, "cpu": None})  # run_basic did not measure the client's daemons
-    return {"meta": meta, "samples": samples, "profiles": []}
 
 
 # -- aggregation -------------------------------------------------------------------------------------------
@@ -128,7 +85,6 @@ def image_info(data: dict, tag: str) -> dict | None:
 # -- targets -------------------------------------------------------------------------------------------------
 def evaluate(data: dict) -> list[dict]:
     """Each target of the issue with its measured value (ratios of medians from the same run)."""
-    data = normalize(data)
     c = cells(data)
     cfg = data["meta"].get("config", {})
     shapes = [s for s in SHAPE_ORDER if any(k[1] == s for k in c)]
@@ -714,7 +670,7 @@ def write_chart(data: dict, png: Path) -> None:
 def load(paths: list[Path]) -> dict:
     """One JSON, or several merged: samples tagged with their file (source 0, 1, ...); a cell measured
     by several files is taken from the last one."""
-    datas = [normalize(json.loads(Path(p).read_text())) for p in paths]
+    datas = [json.loads(Path(p).read_text()) for p in paths]
     meta = dict(datas[0]["meta"])
     meta["sources"] = []
     for i, (p, d) in enumerate(zip(paths, datas, strict=True)):

@@ -179,9 +179,14 @@ async def _push_over_tunnel(conn: ssh.Connection, server: remote.Server, source:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         reg = Registry(session, f"http://127.0.0.1:{port}", repository_path(source.ref), token, label,
                        alive=conn.is_open)
-        await reg.ping()
-        # 6. Diff: HEAD every blob the chosen platforms need, concurrently.
-        present = await asyncio.gather(*(reg.has_blob(b.digest) for b in plan.blobs))
+        # 6. Diff: HEAD every blob the chosen platforms need, concurrently (a wrong token fails
+        #    here with 401); the server's free space is asked alongside.
+        free = asyncio.ensure_future(remote.free_bytes(conn, server))
+        try:
+            present = await asyncio.gather(*(reg.has_blob(b.digest) for b in plan.blobs))
+        except BaseException:
+            free.cancel()
+            raise
         missing = [b for b, here in zip(plan.blobs, present) if not here]
         for b, here in zip(plan.blobs, present):
             if here:
@@ -189,7 +194,7 @@ async def _push_over_tunnel(conn: ssh.Connection, server: remote.Server, source:
                 result.bytes_skipped += b.size
         needed = sum(b.size for b in missing)
         ui.debug(f"{label}: {len(missing)} of {len(plan.blobs)} blobs to send ({human_bytes(needed)})")
-        await remote.check_space(conn, server, needed)
+        await remote.check_space(conn, server, needed, free)
 
         # 7. Upload the missing blobs, several in flight; each verified by digest on arrival.
         sem = asyncio.Semaphore(max(opts.jobs, 1))

@@ -179,12 +179,14 @@ async def free_bytes(conn: Connection, server: Server) -> int | None:
         return None
 
 
-async def check_space(conn: Connection, server: Server, needed: int) -> None:
-    """Refuse to start a push that cannot fit, rather than fail half-way through."""
-    free = await free_bytes(conn, server)
-    if free is not None and free < needed:
+async def check_space(conn: Connection, server: Server, needed: int,
+                      free: asyncio.Future[int | None] | None = None) -> None:
+    """Refuse to start a push that cannot fit, rather than fail half-way through. `free`: the
+    answer of free_bytes, when it was asked earlier."""
+    free_now = await (free or free_bytes(conn, server))
+    if free_now is not None and free_now < needed:
         raise PusshError(f"{conn.label}: the server's disk is full: {needed >> 20} MiB to send, "
-                         f"{free >> 20} MiB free in {server.storage_paths[0]}")
+                         f"{free_now >> 20} MiB free in {server.storage_paths[0]}")
 
 
 async def explain_failure(conn: Connection, server: Server, err: PusshError) -> PusshError:

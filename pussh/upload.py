@@ -80,11 +80,6 @@ class Registry:
             return RegistryError(f"{self.label}: the server's disk is full ({what}: {text})", resp.status)
         return RegistryError(f"{self.label}: {what} failed: HTTP {resp.status} {text}", resp.status)
 
-    async def ping(self) -> None:
-        async with self.session.get(f"{self.base}/v2/", headers=self.headers) as resp:
-            if resp.status != 200:
-                raise await self._fail(resp, "registry check")
-
     async def has_blob(self, digest: str) -> bool:
         for attempt in range(RETRIES):
             try:
