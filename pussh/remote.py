@@ -103,7 +103,7 @@ async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | N
     rc = int(found.get("inforc") or 1)
     searched = docker
     info, docker = await _docker_info(conn, docker, explicit=bool(given),
-                                      first=Result([*docker, "info"], rc, out, "" if rc == 0 else out))
+                                      res=Result([*docker, "info"], rc, out, "" if rc == 0 else out))
     if socket and not sockets:
         raise PusshError(f"{label}: no containerd socket at {socket} on the server")
     if not sockets:
@@ -122,9 +122,9 @@ async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | N
 
 
 async def _docker_info(conn: Connection, docker: tuple[str, ...], explicit: bool,
-                       first: Result) -> tuple[dict, tuple[str, ...]]:
+                       res: Result) -> tuple[dict, tuple[str, ...]]:
+    """`res`: the probe's `docker info`; with permission denied, try again through `sudo -n`."""
     label = conn.label
-    res = first
     info = _parse_info(res.stdout)
     problem = _info_problem(res, info)
     if problem and "permission denied" in problem.lower() and not explicit and docker[0] != "sudo":
