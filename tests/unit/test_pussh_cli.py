@@ -45,8 +45,11 @@ def test_no_such_local_image(tmp_path):
 
 
 def test_version_and_help():
+    import tomllib
+    from pathlib import Path
+    declared = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["version"]
     p = run("--version")
-    assert p.returncode == 0 and "pussh" in p.stdout
+    assert p.returncode == 0 and p.stdout.strip() == f"pussh, version {declared}"
     p = run("--help")
     assert p.returncode == 0 and "--platform" in p.stdout and "--jobs" in p.stdout
 
