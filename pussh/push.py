@@ -113,7 +113,8 @@ async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptio
             # 4. Containerd store: the registry container (loopback, free port, per-push token),
             #    started while the local side works out what to send; not when the tag is already
             #    this image (a repeated push).
-            if server.containerd_store and (current is None or current != source.root.digest):
+            known = source.root.digest if source.root is not None else None  # None: made by resolve()
+            if server.containerd_store and (current is None or current != known):
                 starting = asyncio.ensure_future(_start_registry(conn, server, opts, token, ui))
             root = await source.resolve(zstd=server.supports_zstd)
             ui.debug(f"{label}: local image {source.ref.familiar} {root.digest} from {source.description}"

@@ -16,7 +16,7 @@ from .upload import Source
 
 class ImageSource(Protocol):
     ref: R.Reference
-    root: Desc  # the descriptor the local name points at (an index or a manifest)
+    root: Desc | None  # what the local name points at (an index or a manifest); None until resolve() makes it
     description: str  # for messages: where the image is read from
 
     async def resolve(self, zstd: bool) -> Desc: ...  # the root to push to a server (zstd: it takes zstd layers)
