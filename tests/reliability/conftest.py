@@ -44,6 +44,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.write_line(f"{sum(counts.values()):7d}  total")
 
 
+# This suite kills and restarts the server's daemons, fills its disk and changes its host key, so it
+# runs on hosts of its own rather than tests/conftest.py's shared ones; `_start` is the same
+# start-or-fail as there (one conftest cannot import another's helpers: both are named `conftest`).
 def _start(factory, what: str):
     from testbed import TestbedError
     try:
