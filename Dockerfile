@@ -13,9 +13,9 @@
 # It runs as an unprivileged user (65532) that can reach only what is mounted: --group-add gives it the
 # containerd socket's group (the socket is mode 0660), which is all it needs. (That socket is still
 # root-equivalent on the host: keep the registry on loopback or behind the token.) Mounting the
-# host's content directory read-only at
-# the same path (-v /var/lib/containerd/io.containerd.content.v1.content:...:ro) lets blob GETs read
-# files directly instead of through gRPC.
+# host's content directory read-only at the same path
+# (-v /var/lib/containerd/io.containerd.content.v1.content:...:ro) lets blob GETs read files directly
+# instead of through gRPC.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
