@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages pussh's tests, benchmarks and demo need (Debian 12, root).
-# Docker 26 and containerd 1.7 come from Debian's trixie suite, pinned low so nothing else upgrades.
+# Docker 26 and containerd 1.7 come from Debian's trixie suite; everything else, runc and every dependency
+# included, from the machine's own release: trixie is pinned below the default and named per package
+# (pkg/trixie), so apt takes from it only docker.io, containerd and the docker CLI parts they pull in.
+# (trixie's runc needs trixie's libc6, which would drag the base system and python3 along.)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=(dockerd containerd sshd skopeo busybox debootstrap ip iptables tc docker-registry)
@@ -27,7 +30,6 @@ Pin-Priority: 100
 PIN
 fi
 apt-get update -q
-# One transaction from trixie: mixing suites across two installs leaves openssh-server unsatisfiable.
-apt-get install -y -q -t trixie docker.io containerd runc openssh-server openssh-client busybox-static skopeo \
-  docker-registry debootstrap iproute2 iptables sudo zstd python3-venv
+apt-get install -y -q docker.io/trixie containerd/trixie runc openssh-server openssh-client busybox-static \
+  skopeo docker-registry debootstrap iproute2 iptables sudo zstd python3-venv
 # The packages start their own services on install where systemd runs; we run our own daemons instead.
