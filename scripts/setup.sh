@@ -3,7 +3,7 @@
 # (Docker 26, containerd 1.7, OpenSSH, skopeo, ...) and the Python virtualenv in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (it installs system packages)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "setup.sh: run as root, or with sudo (it installs system packages)" >&2; exit 1; }
 bash scripts/install-system.sh
 PY=${PYTHON:-python3}
 "$PY" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
