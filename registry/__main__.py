@@ -155,6 +155,31 @@ async def serve(config: Config, listen: tuple[str, int] | str, shutdown_timeout:
         await runner.cleanup()
 
 
+def socket_permission_hint(path: str) -> str:
+    """What to add when the socket cannot be opened. The image runs as uid 65532, which may open the
+    socket (mode 0660) only as a member of its group, and `docker run` adds that group only when told."""
+    try:
+        st = os.stat(path)
+        group, mode = str(st.st_gid), f", mode {stat.S_IMODE(st.st_mode):04o}"
+    except OSError:
+        group, mode = "GID", ""
+    groups = ",".join(map(str, sorted(set(os.getgroups()) | {os.getgid()})))
+    return (f"uid {os.getuid()} (groups {groups}) may not open the socket (group {group}{mode}): run the "
+            f'container with --group-add "$(stat -c %g {path})" (the socket\'s group, here {group}), '
+            f"or with --user 0; outside a container, run pussh-registry as a member of group {group}")
+
+
+def _permission_denied(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    for _ in range(8):  # the cause chain: ctrd's Unavailable from the PermissionError of the connect
+        if seen is None:
+            return False
+        if isinstance(seen, PermissionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level, args.log_format)
@@ -169,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(serve(config, listen, args.shutdown_timeout))
     except CE.ContainerdError as err:
         print(f"pussh-registry: containerd at {args.containerd}: {err}", file=sys.stderr)
+        if _permission_denied(err):
+            print(f"pussh-registry: {socket_permission_hint(args.containerd)}", file=sys.stderr)
         sys.exit(1)
     except OSError as err:
         print(f"pussh-registry: cannot listen on {args.listen}: {err}", file=sys.stderr)
