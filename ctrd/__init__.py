@@ -1,10 +1,11 @@
-"""A small typed async client for containerd's gRPC API (content, images, leases), on grpclib."""
-from .client import DEFAULT_NAMESPACE, DEFAULT_SOCKET, Containerd
+"""A small typed async client for containerd's gRPC API (content, images, leases, snapshots, diff), on grpclib."""
+from .client import DEFAULT_NAMESPACE, DEFAULT_SOCKET, Containerd, Plugin
 from .errors import AlreadyExists, ContainerdError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from .snapshots import Mount, SnapshotInfo
 from .types import Descriptor, Image, Info, IngestStatus, Lease
 
 __all__ = [
     "Containerd", "DEFAULT_NAMESPACE", "DEFAULT_SOCKET",
     "ContainerdError", "NotFound", "AlreadyExists", "Unavailable", "FailedPrecondition", "InvalidArgument",
-    "Descriptor", "Image", "Info", "IngestStatus", "Lease",
+    "Descriptor", "Image", "Info", "IngestStatus", "Lease", "Mount", "Plugin", "SnapshotInfo",
 ]

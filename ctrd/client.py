@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
@@ -14,12 +15,30 @@ from proto.version_grpc import VersionStub
 
 from . import errors
 from .content import ContentStore
+from .diff import DiffService
 from .images import ImageStore
 from .leases import Leases
+from .snapshots import DEFAULT_SNAPSHOTTER, Snapshots
 
 DEFAULT_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "moby"  # Docker's containerd image store keeps its images here
 CONTENT_PLUGIN = "io.containerd.content.v1"
+SNAPSHOTTER_PLUGIN = "io.containerd.snapshotter.v1"
+CRI_PLUGIN = ("io.containerd.grpc.v1", "cri")  # (type, id): its ID is io.containerd.grpc.v1.cri
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One row of `ctr plugins ls`; `ok` is its STATUS column (no init error)."""
+
+    type: str
+    id: str
+    exports: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
 
 
 class Containerd:
@@ -35,6 +54,7 @@ class Containerd:
         self.content = ContentStore(self)
         self.images = ImageStore(self)
         self.leases = Leases(self)
+        self.diff = DiffService(self)
         self._content_root: str | None | bool = False  # False: not looked up yet
 
     async def __aenter__(self) -> "Containerd":
@@ -53,6 +73,28 @@ class Containerd:
         if lease:
             md["containerd-lease"] = lease
         return md
+
+    def snapshots(self, snapshotter: str = DEFAULT_SNAPSHOTTER) -> Snapshots:
+        return Snapshots(self, snapshotter)
+
+    async def plugins(self, *filters: str) -> list[Plugin]:
+        """containerd's loaded plugins (introspection), e.g. plugins(f"type=={SNAPSHOTTER_PLUGIN}")."""
+        req = introspection_pb2.PluginsRequest(filters=list(filters))
+        with errors.mapped():
+            resp = await IntrospectionStub(self.channel).Plugins(req)
+        return [Plugin(p.type, p.id, dict(p.exports),
+                       (p.init_err.message or f"code {p.init_err.code}") if p.HasField("init_err") else "")
+                for p in resp.plugins]
+
+    async def cri_loaded(self) -> bool:
+        """Whether the CRI plugin (what kubelet talks to) loaded without error."""
+        kind, pid = CRI_PLUGIN
+        # one filter, comma = AND (separate filters would be OR-ed)
+        return any(p.ok for p in await self.plugins(f"type=={kind},id=={pid}") if (p.type, p.id) == CRI_PLUGIN)
+
+    async def snapshotters(self) -> list[str]:
+        """Names of the snapshotters that loaded without error (e.g. ["native", "overlayfs"])."""
+        return [p.id for p in await self.plugins(f"type=={SNAPSHOTTER_PLUGIN}") if p.ok]
 
     async def version(self) -> tuple[str, str]:
         with errors.mapped():

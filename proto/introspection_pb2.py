@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import types_pb2 as types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13introspection.proto\x12$containerd.services.introspection.v1\x1a\x0btypes.proto\"\xf5\x01\n\x06Plugin\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08requires\x18\x03 \x03(\t\x12-\n\tplatforms\x18\x04 \x03(\x0b\x32\x1a.containerd.types.Platform\x12J\n\x07\x65xports\x18\x05 \x03(\x0b\x32\x39.containerd.services.introspection.v1.Plugin.ExportsEntry\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x1a.\n\x0c\x45xportsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x0ePluginsRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"P\n\x0fPluginsResponse\x12=\n\x07plugins\x18\x01 \x03(\x0b\x32,.containerd.services.introspection.v1.Plugin2\x87\x01\n\rIntrospection\x12v\n\x07Plugins\x12\x34.containerd.services.introspection.v1.PluginsRequest\x1a\x35.containerd.services.introspection.v1.PluginsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13introspection.proto\x12$containerd.services.introspection.v1\x1a\x0btypes.proto\"\xb8\x02\n\x06Plugin\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x10\n\x08requires\x18\x03 \x03(\t\x12-\n\tplatforms\x18\x04 \x03(\x0b\x32\x1a.containerd.types.Platform\x12J\n\x07\x65xports\x18\x05 \x03(\x0b\x32\x39.containerd.services.introspection.v1.Plugin.ExportsEntry\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12\x41\n\x08init_err\x18\x07 \x01(\x0b\x32/.containerd.services.introspection.v1.InitError\x1a.\n\x0c\x45xportsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\tInitError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"!\n\x0ePluginsRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"P\n\x0fPluginsResponse\x12=\n\x07plugins\x18\x01 \x03(\x0b\x32,.containerd.services.introspection.v1.Plugin2\x87\x01\n\rIntrospection\x12v\n\x07Plugins\x12\x34.containerd.services.introspection.v1.PluginsRequest\x1a\x35.containerd.services.introspection.v1.PluginsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLUGIN_EXPORTSENTRY']._loaded_options = None
   _globals['_PLUGIN_EXPORTSENTRY']._serialized_options = b'8\001'
   _globals['_PLUGIN']._serialized_start=75
-  _globals['_PLUGIN']._serialized_end=320
-  _globals['_PLUGIN_EXPORTSENTRY']._serialized_start=274
-  _globals['_PLUGIN_EXPORTSENTRY']._serialized_end=320
-  _globals['_PLUGINSREQUEST']._serialized_start=322
-  _globals['_PLUGINSREQUEST']._serialized_end=355
-  _globals['_PLUGINSRESPONSE']._serialized_start=357
-  _globals['_PLUGINSRESPONSE']._serialized_end=437
-  _globals['_INTROSPECTION']._serialized_start=440
-  _globals['_INTROSPECTION']._serialized_end=575
+  _globals['_PLUGIN']._serialized_end=387
+  _globals['_PLUGIN_EXPORTSENTRY']._serialized_start=341
+  _globals['_PLUGIN_EXPORTSENTRY']._serialized_end=387
+  _globals['_INITERROR']._serialized_start=389
+  _globals['_INITERROR']._serialized_end=431
+  _globals['_PLUGINSREQUEST']._serialized_start=433
+  _globals['_PLUGINSREQUEST']._serialized_end=466
+  _globals['_PLUGINSRESPONSE']._serialized_start=468
+  _globals['_PLUGINSRESPONSE']._serialized_end=548
+  _globals['_INTROSPECTION']._serialized_start=551
+  _globals['_INTROSPECTION']._serialized_end=686
 # @@protoc_insertion_point(module_scope)

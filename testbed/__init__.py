@@ -10,10 +10,12 @@
 LocalHost(store): docker_host, containerd_socket, content_root, env, docker(), info(), diff_ids(), has_image(),
     kill_containerd(), restart_containerd(), restart_dockerd(), stop().
 RemoteHost(store, rate=, delay=): address, alias, ssh_config, ssh_key, known_hosts, host_key_pub, run(), docker(),
-    ssh(), add_user(), shape()/shaped()/unshape(), link_bytes(), block_traffic()/unblock_traffic(), the daemon
+    ctr(), ssh(), add_user(), shape()/shaped()/unshape(), link_bytes(), block_traffic()/unblock_traffic(), the daemon
     controls above, stop(); *_outside attributes are the remote's sockets/content store seen from here.
 Each instance takes a unique slot N (fcntl lock in /run/pussh-testbed), so concurrent runs never collide; a
 crashed run's leftovers are swept by the next run that takes its slot. `python -m testbed up` to try by hand.
+RemoteHost("none") is a Kubernetes-like node: containerd with CRI, no dockerd (docker() fails; ctr() runs
+ctr in namespace k8s.io).
 Not isolated from the remote: /tmp, /root, /home and /etc (except docker, containerd, sudoers.d, hosts).
 """
 from ._proc import TestbedError

@@ -1,6 +1,6 @@
 """Try the test bed by hand.
 
-    python -m testbed up [--remote-store containerd|classic] [--local-store ...] [--rate 200mbit] [--delay 10ms]
+    python -m testbed up [--remote-store containerd|classic|none] [--local-store ...] [--rate 200mbit] [--delay 10ms]
                          [--remotes N] [--detach] [--state FILE]
     python -m testbed down [--state FILE]
 
@@ -48,8 +48,12 @@ def _print(d: dict) -> None:
             print(f"export {k}={v}")
     for r in d["remotes"]:
         print(f"# remote {r['alias']} ({r['address']}, {r['store']} store, shaping {r['shaping']}):")
-        print(f"#   {r['ssh']} docker info")
-        print(f"#   {r['nsenter']} env -u DOCKER_HOST -u CONTAINERD_ADDRESS docker ps")
+        if r["store"] == "none":  # a Kubernetes-like node: no docker, images in ctr's k8s.io namespace
+            print(f"#   {r['ssh']} ctr -n k8s.io images ls")
+            print(f"#   {r['nsenter']} ctr plugins ls")
+        else:
+            print(f"#   {r['ssh']} docker info")
+            print(f"#   {r['nsenter']} env -u DOCKER_HOST -u CONTAINERD_ADDRESS docker ps")
     sys.stdout.flush()
 
 
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up")
-    up.add_argument("--remote-store", choices=["containerd", "classic"], default="containerd")
+    up.add_argument("--remote-store", choices=["containerd", "classic", "none"], default="containerd")
     up.add_argument("--local-store", choices=["containerd", "classic"], default="containerd")
     up.add_argument("--remotes", type=int, default=1)
     up.add_argument("--no-local", action="store_true")

@@ -11,7 +11,8 @@ from typing import Literal
 from ._proc import (LIVE, STATE_BASE, Daemon, Slot, TestbedError, all_pids, cmdline, docker_ping, kill_pids,
                     kill_recorded, run, tail, umount_under, unix_connectable, wait_for, with_descendants)
 
-Store = Literal["containerd", "classic"]
+# "none": no dockerd at all, containerd with CRI (a Kubernetes node); remote hosts only
+Store = Literal["containerd", "classic", "none"]
 # dockerd must never touch the machine's network: no docker0, no iptables rules, no forwarding
 DAEMON_NET = {"bridge": "none", "iptables": False, "ip6tables": False, "ip-forward": False}
 _CLIENT_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH",
@@ -22,23 +23,33 @@ def daemon_json(store: Store) -> str:
     cfg: dict = dict(DAEMON_NET)
     if store == "containerd":
         cfg["features"] = {"containerd-snapshotter": True}
-    elif store != "classic":
-        raise ValueError(f"store must be 'containerd' or 'classic', not {store!r}")
+    elif store not in ("classic", "none"):  # "none" runs no dockerd; its daemon.json is never read
+        raise ValueError(f"store must be 'containerd', 'classic' or 'none', not {store!r}")
     return json.dumps(cfg)
 
 
 def containerd_toml(root: str | None = None, state: str | None = None, address: str | None = None,
-                    opt: str = "/var/lib/containerd/opt") -> str:
-    """CRI disabled (it wants CNI and would fight other containerds); opt path kept private."""
+                    opt: str = "/var/lib/containerd/opt", cri_cni_dir: str | None = None) -> str:
+    """CRI disabled (it wants CNI and would fight other containerds); opt path kept private.
+
+    With `cri_cni_dir` CRI is enabled instead, as on a Kubernetes node: no TCP stream service,
+    and CNI dirs under that path that do not exist (CRI only logs that it has no network; its
+    image service, all we use, does not need one). Only for a host with its own /run and
+    /var/lib/containerd (a remote), where CRI's state and root directories are private too."""
     lines = ["version = 2"]
     if root:
         lines.append(f'root = "{root}"')
     if state:
         lines.append(f'state = "{state}"')
-    lines.append('disabled_plugins = ["io.containerd.grpc.v1.cri"]')
+    if cri_cni_dir is None:
+        lines.append('disabled_plugins = ["io.containerd.grpc.v1.cri"]')
     if address:
         lines += ["[grpc]", f'  address = "{address}"']
     lines += ['[plugins."io.containerd.internal.v1.opt"]', f'  path = "{opt}"']
+    if cri_cni_dir is not None:
+        lines += ['[plugins."io.containerd.grpc.v1.cri"]', "  disable_tcp_service = true",
+                  '  [plugins."io.containerd.grpc.v1.cri".cni]', f'    bin_dir = "{cri_cni_dir}/bin"',
+                  f'    conf_dir = "{cri_cni_dir}/net.d"']
     return "\n".join(lines) + "\n"
 
 
@@ -164,6 +175,8 @@ class LocalHost(DockerHostMixin):
     def __init__(self, store: Store = "containerd", *, start: bool = True) -> None:
         self.store: Store = store
         daemon_json(store)  # validate early
+        if store == "none":
+            raise ValueError("a local host needs dockerd: store 'none' is for remote hosts only")
         self._daemons: list[Daemon] = []
         self._slot = Slot("l")
         self.n = self._slot.n

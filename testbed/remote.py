@@ -4,6 +4,9 @@ A holder process (`unshare ... sleep infinity`) owns the namespaces; in its moun
 /var/lib/containerd, /var/lib/docker, /etc/docker, /etc/containerd, /etc/sudoers.d and /etc/hosts are
 private bind mounts of directories under /tmp/ptb/r<N>, so /run/containerd/containerd.sock and
 /var/run/docker.sock are this host's own. A veth pair 10.232.<N>.1 (root ns) <-> .2 (remote) carries SSH.
+
+store="none" is a Kubernetes-like node instead: containerd with its CRI plugin enabled, no dockerd
+(docker() fails; use ctr() or run("ctr", ...); images for kubelet live in namespace k8s.io).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ NFQ_DELAY = Path(__file__).with_name("nfq_delay.py")
 PRIVATE_DIRS = {"run": "/run", "var-lib-containerd": "/var/lib/containerd", "var-lib-docker": "/var/lib/docker",
                 "etc-docker": "/etc/docker", "etc-containerd": "/etc/containerd", "etc-sudoers.d": "/etc/sudoers.d"}
 REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CRI_NAMESPACE = "k8s.io"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class RemoteHost(DockerHostMixin):
                  delay: str | float | None = None, start: bool = True) -> None:
         self.store: Store = store
         daemon_json(store)
+        self.has_docker = store != "none"
         self._daemons: list[Daemon] = []
         self._delayers: list[Daemon] = []
         self._users: list[RemoteUser] = []
@@ -91,7 +96,8 @@ class RemoteHost(DockerHostMixin):
     def start(self, rate: str | None = None, delay: str | float | None = None) -> None:
         t0 = time.monotonic()
         try:
-            require_tools("containerd", "dockerd", "docker", "unshare", "nsenter", "ip", "tc", "iptables",
+            daemons = ("dockerd", "docker") if self.has_docker else ("ctr",)
+            require_tools("containerd", *daemons, "unshare", "nsenter", "ip", "tc", "iptables",
                           "ssh", "ssh-keygen", "useradd")
             if not Path("/usr/sbin/sshd").exists():
                 raise TestbedError("missing /usr/sbin/sshd: run scripts/install-system.sh")
@@ -103,10 +109,11 @@ class RemoteHost(DockerHostMixin):
             self._setup_mounts()
             self._setup_veth()
             ctd = self._start_containerd()
-            dockerd = self._start_dockerd()
+            dockerd = self._start_dockerd() if self.has_docker else None
             sshd = self._spawn("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.dir / "ssh/sshd_config")])
             self._wait(ctd, self._containerd_ready, 30, "containerd socket")
-            self._wait(dockerd, self._dockerd_ready, 60, "dockerd /_ping")
+            if dockerd is not None:
+                self._wait(dockerd, self._dockerd_ready, 60, "dockerd /_ping")
             self._wait(sshd, lambda: self.ssh("true", check=False, timeout=10).returncode == 0, 20, "ssh login")
             if rate or delay:
                 self.shape(rate, delay)
@@ -125,7 +132,9 @@ class RemoteHost(DockerHostMixin):
         os.chmod(d / "etc-sudoers.d", 0o750)
         (d / "hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.hostname}\n"
                                  f"{self.local_address} pussh-tb-local\n")
-        (d / "etc-containerd/config.toml").write_text(containerd_toml())
+        # "none": CNI dirs that do not exist (under our state dir, so they never will)
+        cni = None if self.has_docker else str(d / "no-cni")
+        (d / "etc-containerd/config.toml").write_text(containerd_toml(cri_cni_dir=cni))
         (d / "etc-docker/daemon.json").write_text(daemon_json(self.store))
         ssh = d / "ssh"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pussh-testbed-client", "-f", self.ssh_key])
@@ -228,10 +237,26 @@ Host {alias}
         return ["dockerd", "--containerd", self.containerd_socket]
 
     def _containerd_ready(self) -> bool:
-        return unix_connectable(self.containerd_socket_outside)
+        # a Kubernetes-like node is ready when CRI is (restart_containerd() waits for it too)
+        return unix_connectable(self.containerd_socket_outside) and (self.has_docker or self._cri_ready())
 
     def _dockerd_ready(self) -> bool:
         return docker_ping(self.docker_socket_outside)
+
+    def _cri_ready(self) -> bool:
+        """CRI's plugin status as `ctr plugins ls` shows it: ok -> True; error -> fail with the reason."""
+        p = self.run("ctr", "plugins", "ls", "id==cri", check=False, timeout=10)
+        if p.returncode != 0:
+            return False
+        if re.search(r"^io\.containerd\.grpc\.v1\s+cri\s.*\berror\b", p.stdout, re.M):
+            raise TestbedError(f"remote {self.alias}: the CRI plugin failed to load:\n"
+                               + self.run("ctr", "plugins", "ls", "-d", "id==cri", check=False, timeout=10).stdout)
+        return re.search(r"^io\.containerd\.grpc\.v1\s+cri\s.*\bok\b", p.stdout, re.M) is not None
+
+    def _start_dockerd(self) -> Daemon:
+        if not self.has_docker:
+            raise TestbedError(f"remote {self.alias} has store 'none': it runs no dockerd")
+        return super()._start_dockerd()
 
     def _sweep_stale(self) -> None:
         """Remove what a crashed run left in this slot (we hold its lock, so that run is gone)."""
@@ -263,7 +288,7 @@ Host {alias}
             pass
         holder_ok = self._holder is not None and self._holder.alive()
         try:  # best effort: a hung dockerd must not keep us from killing everything below
-            if holder_ok and docker_ping(self.docker_socket_outside):
+            if holder_ok and self.has_docker and docker_ping(self.docker_socket_outside):
                 ids = self.docker("ps", "-q", check=False, timeout=20).stdout.split()
                 if ids:
                     self.docker("kill", *ids, check=False, timeout=30)
@@ -301,8 +326,16 @@ Host {alias}
 
     def docker(self, *args: str, check: bool = True, input: str | bytes | None = None,
                timeout: float | None = None) -> subprocess.CompletedProcess:
+        if not self.has_docker:
+            raise TestbedError(f"remote {self.alias} has store 'none' (containerd + CRI, no dockerd): "
+                               f"no docker {' '.join(args[:1])}; use ctr()")
         return self.run("docker", "-H", f"unix://{self.docker_socket}", *args, check=check, input=input,
                         timeout=timeout)
+
+    def ctr(self, *args: str, namespace: str = CRI_NAMESPACE, check: bool = True, input: str | bytes | None = None,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+        """containerd's ctr inside the remote, in `namespace` (default k8s.io, where CRI keeps images)."""
+        return self.run("ctr", "-n", namespace, *args, check=check, input=input, timeout=timeout)
 
     def ssh_argv(self, user: RemoteUser | None = None) -> list[str]:
         return ["ssh", "-F", self.ssh_config, user.alias if user else self.alias]
