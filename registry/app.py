@@ -183,7 +183,10 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         if token is not None and not _authorized(request.headers.get("Authorization", ""), token):
             raise E.unauthorized(headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
-        resp = await handler(request)
+        try:
+            resp = await handler(request)
+        except E.StorageError as err:  # the storage's terms, given their spec answer here
+            raise E.from_storage(err) from err
     except E.RegistryError as err:
         if err.status >= 500:
             log.warning("%s %s: %s", request.method, request.path, err)

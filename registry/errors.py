@@ -1,5 +1,7 @@
 """The distribution spec's error codes, raised by handlers and rendered as the spec's JSON body
-(`{"errors": [{"code", "message", "detail"}]}`) by the error middleware in app.py."""
+(`{"errors": [{"code", "message", "detail"}]}`) by the error middleware in app.py; and the storage's
+domain errors (`StorageError`), which say what the store found in its own terms and are given their
+spec answer here, at the HTTP edge (`from_storage`), by type."""
 from __future__ import annotations
 
 from typing import Any
@@ -44,6 +46,42 @@ size_invalid = _factory("SIZE_INVALID", 400, "provided length did not match cont
 unauthorized = _factory("UNAUTHORIZED", 401, "authentication required")
 denied = _factory("DENIED", 403, "requested access to the resource is denied")
 unsupported = _factory("UNSUPPORTED", 400, "the operation is unsupported")
+
+
+class StorageError(Exception):
+    """An outcome of the storage that the client caused; `from_storage` gives its HTTP answer."""
+
+
+class BlobInUse(StorageError):
+    """A blob an image of the host (or a manifest kept untagged) still reaches: not deleted."""
+
+    def __init__(self, digest: str, user: str) -> None:
+        super().__init__(f"blob {digest} is in use by {user}")
+        self.digest = digest
+        self.user = user
+
+
+class UnsupportedDigest(StorageError):
+    """A well-formed digest of an algorithm the content store cannot verify (containerd 1.7 hashes
+    every ingest with sha256 and refuses any other expected digest at commit)."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(f"unsupported digest algorithm {digest.split(':', 1)[0]}")
+        self.digest = digest
+
+
+def from_storage(err: StorageError) -> RegistryError:
+    if isinstance(err, BlobInUse):
+        # The spec's answer for a deletion the registry will not do (405 UNSUPPORTED); the store is
+        # the host's, and its images must not lose a layer. 405 must say what is allowed.
+        return RegistryError("UNSUPPORTED", 405,
+                             f"blob {err.digest} is in use by {err.user}: the registry does not delete "
+                             "content an image of the host needs; remove the image first",
+                             detail={"digest": err.digest, "user": err.user}, headers={"Allow": "GET, HEAD"})
+    if isinstance(err, UnsupportedDigest):
+        return unsupported("only sha256 digests are supported (containerd's content store verifies "
+                           "sha256 only)", detail={"digest": err.digest})
+    raise TypeError(f"no HTTP answer for {type(err).__name__}")  # a bug: the middleware makes it a 500
 
 
 def method_not_allowed(method: str) -> RegistryError:

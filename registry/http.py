@@ -58,7 +58,7 @@ def blob_digest(value: str | None, *, what: str = "digest") -> str:
     except D.InvalidDigest as err:
         raise E.digest_invalid(str(err), detail={"digest": value}) from None
     if not value.startswith("sha256:"):
-        raise E.unsupported("only sha256 digests are supported", detail={"digest": value})
+        raise E.UnsupportedDigest(value)
     return value
 
 

@@ -77,6 +77,7 @@ class Ingest:
         self._failure: BaseException | None = None
         self._ended = False
         self.offset = 0
+        self.digest = ""  # of what the ingest holds, as containerd's STAT reported it
         self.closed = False
 
     # -- opening ---------------------------------------------------------------------------------
@@ -116,9 +117,24 @@ class Ingest:
             resp = await self._stream.recv_message()
         if resp is None:
             raise errors.StreamReset(f"containerd closed the write stream for {self.ref}")
-        self.offset = resp.offset
+        self.offset, self.digest = resp.offset, resp.digest
         self._reader = asyncio.get_running_loop().create_task(self._read_replies())
         return self.offset
+
+    def holds(self, expected: str, size: int) -> bool:
+        """Whether the ingest, as opened, already is the whole of `expected`: commit, do not write.
+        With containerd 1.7's default `content_sharing_policy = "shared"`, a STAT whose expected
+        digest is absent from the namespace but still in the store (deleted and not yet collected,
+        or another namespace's) opens a writer that reports the blob's full size and digest; a
+        WRITE after that would append the bytes a second time. The commit alone adopts the blob,
+        and the ingest's expected digest keeps it from GC meanwhile."""
+        return self.offset == size and self.digest == expected
+
+    def rewind(self) -> None:
+        """Write from offset 0 again: containerd truncates the ingest on a WRITE at 0."""
+        if self._pending:
+            raise RuntimeError("rewind with writes in flight")
+        self.offset = 0
 
     # -- writing ---------------------------------------------------------------------------------
 

@@ -149,7 +149,7 @@ class Storage:
             raise E.blob_unknown(detail={"digest": digest})
         user = await self._user_of(digest)
         if user is not None:  # the store is the host's: never pull a blob from under an image
-            raise E.denied(f"blob is in use by {user}", detail={"digest": digest})
+            raise E.BlobInUse(digest, user)
         try:
             await self.ctr.content.delete(digest)
         except errors.NotFound:
@@ -372,8 +372,12 @@ class Storage:
     # -- manifests -----------------------------------------------------------------------------
 
     async def resolve(self, repo: str, reference: str, *, with_body: bool) -> Manifest:
+        """The manifest a GET/HEAD names. A reference that is neither a tag nor a digest this store
+        can hold (malformed, or sha512) names nothing here: unknown, as the spec answers a lookup."""
         if ":" in reference:
-            digest = _manifest_digest(reference)
+            if not (D.is_valid(reference) and reference.startswith("sha256:")):
+                raise E.manifest_unknown(detail={"reference": reference})
+            digest = reference
             info = await self.ctr.content.exists(digest)
             if info is None or info.size > MANIFEST_LIMIT:
                 raise E.manifest_unknown(detail={"digest": digest})
@@ -385,7 +389,9 @@ class Storage:
                 if not media_type:
                     raise E.manifest_unknown(f"{digest} is not a manifest", detail={"digest": digest})
             return Manifest(digest, media_type, info.size, body if with_body else None)
-        name = image_name(repo, _tag(reference))
+        if not R.TAG_RE.match(reference):
+            raise E.manifest_unknown(detail={"reference": reference})
+        name = image_name(repo, reference)
         try:
             img = await self.ctr.images.get(name)
         except errors.NotFound:
@@ -530,14 +536,12 @@ class Storage:
             await self.ctr.content.set_labels(digest, labels)
             return
         try:
-            if ingest.offset:
-                # A stale ingest under this ref: start it over (it can only hold these same bytes,
-                # but resuming a manifest is not worth the bookkeeping).
-                await ingest.abandon()
-                await self._discard_ingest(ref)
-                ingest = Ingest(self.ctr, ref, lease, self._wchan)
-                await ingest.open(expected=digest, lock_timeout=self.lock_timeout)
-            await ingest.write(body)
+            if not ingest.holds(digest, len(body)):
+                # Anything else under this ref is a stale partial write: start it over.
+                ingest.rewind()
+                await ingest.write(body)
+            # Otherwise containerd still has these bytes (deleted from the namespace and not yet
+            # collected, or another namespace's): the commit alone adopts them, labels and all.
             await ingest.commit(digest, labels)
         except errors.AlreadyExists:
             await self.ctr.content.set_labels(digest, labels)
@@ -545,20 +549,10 @@ class Storage:
             await ingest.abandon()
             raise
 
-    async def _discard_ingest(self, ref: str) -> None:
-        for _ in range(50):
-            try:
-                await self.ctr.content.abort(ref)
-                return
-            except errors.NotFound:
-                return
-            except errors.ContainerdError:
-                await asyncio.sleep(0.1)
-
     async def delete_manifest(self, repo: str, reference: str) -> None:
         if ":" in reference:
-            digest = _manifest_digest(reference)
-            await self.resolve(repo, reference, with_body=False)  # MANIFEST_UNKNOWN unless a manifest
+            digest = _manifest_digest(reference)  # malformed: 400, as for a PUT
+            await self.resolve(repo, digest, with_body=False)  # MANIFEST_UNKNOWN unless a manifest
             images = await self.ctr.images.list()
             for img in images:
                 parsed = repository_of(img.name)
@@ -635,5 +629,5 @@ def _manifest_digest(reference: str) -> str:
     except D.InvalidDigest as err:
         raise E.digest_invalid(str(err), detail={"digest": reference}) from None
     if not reference.startswith("sha256:"):
-        raise E.unsupported("only sha256 digests are supported", detail={"digest": reference})
+        raise E.UnsupportedDigest(reference)
     return reference

@@ -1,5 +1,5 @@
 """Pure functions of the registry: ranges, auth headers, listen addresses, options, names,
-error bodies, WRITE message encoding, body batching."""
+error bodies and the storage errors' answers, WRITE message encoding, body batching."""
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +13,8 @@ from registry import errors as E
 from registry.__main__ import parse_args, parse_listen
 from registry.app import _authorized
 from registry.blobs import parse_range
-from registry.http import batched
-from registry.ingest import encode_write
+from registry.http import batched, blob_digest
+from registry.ingest import Ingest, encode_write
 from registry.storage import image_name, repository_of, sniff_media_type
 
 
@@ -110,6 +110,40 @@ def test_error_body_and_factories():
     assert E.range_invalid("x", "0-9").headers == {"Range": "0-9"} and E.range_invalid("x").status == 416
     assert E.method_not_allowed("POST").status == 405 and E.unsupported().status == 400
     json.dumps(err.body())
+
+
+def test_storage_errors_get_their_spec_answer_by_type():
+    err = E.from_storage(E.BlobInUse("sha256:" + "a" * 64, "docker.io/library/app:1"))
+    assert (err.status, err.code, err.headers) == (405, "UNSUPPORTED", {"Allow": "GET, HEAD"})
+    assert "docker.io/library/app:1" in err.message and err.detail["user"] == "docker.io/library/app:1"
+    err = E.from_storage(E.UnsupportedDigest("sha512:" + "b" * 128))
+    assert (err.status, err.code) == (400, "UNSUPPORTED") and err.detail == {"digest": "sha512:" + "b" * 128}
+
+    class Unmapped(E.StorageError):
+        pass
+
+    with pytest.raises(TypeError):  # a domain error without an answer is a bug, not a client error
+        E.from_storage(Unmapped())
+
+
+def test_blob_digest_sha512_is_unsupported_malformed_is_invalid():
+    with pytest.raises(E.UnsupportedDigest):
+        blob_digest("sha512:" + "c" * 128)
+    for bad in ("sha512:abc", "md5:" + "0" * 32, "", "sha256:XYZ"):
+        with pytest.raises(E.RegistryError) as info:
+            blob_digest(bad)
+        assert info.value.code == "DIGEST_INVALID", bad
+    assert blob_digest("sha256:" + "d" * 64) == "sha256:" + "d" * 64
+
+
+@pytest.mark.parametrize("offset,digest,want", [
+    (10, "sha256:x", True), (10, "sha256:y", False), (9, "sha256:x", False), (0, "", False), (20, "sha256:x", False)])
+def test_ingest_holds_only_the_whole_expected_blob(offset, digest, want):
+    ing = Ingest(None, "ref", None, channel=object())  # type: ignore[arg-type]
+    ing.offset, ing.digest = offset, digest
+    assert ing.holds("sha256:x", 10) is want
+    ing.rewind()
+    assert ing.offset == 0
 
 
 @pytest.mark.parametrize("sizes", [[1], [5, 7, 1], [200, 0, 300], [1 << 20]])
