@@ -8,18 +8,19 @@ import os
 import signal
 import sys
 
-import click
+from typing import TYPE_CHECKING
 
-from oci import reference as R
-from oci.manifest import parse_platform
+import click
 
 from . import __version__
 from .errors import PusshError, UsageError
-from .progress import UI
-from .push import HostResult, PushOptions, connect, push_to_host
-from .source import ImageSource, open_source
-from .ssh import SSHOptions
-from .target import Target, parse_target
+
+if TYPE_CHECKING:  # the rest is imported when a push runs: --version and --help stay fast
+    from oci import reference as R
+
+    from .progress import UI
+    from .push import HostResult, PushOptions
+    from .target import Target
 
 DEFAULT_REGISTRY_IMAGE = os.environ.get("PUSSH_REGISTRY_IMAGE") or f"pussh-registry:{__version__}"
 EXIT_INTERRUPTED = 130
@@ -42,14 +43,25 @@ EXIT_INTERRUPTED = 130
 @click.option("--containerd-socket", metavar="PATH", help="Local containerd socket (default $CONTAINERD_ADDRESS or /run/containerd/containerd.sock).")
 @click.option("--containerd-namespace", metavar="NS", help="Local containerd namespace (default $CONTAINERD_NAMESPACE or moby).")
 @click.option("--docker-host", metavar="URL", help="Local Docker daemon (default $DOCKER_HOST or unix:///var/run/docker.sock).")
+@click.option("--via", type=click.Choice(["auto", "containerd", "registry", "load"]), default="auto", show_default=True,
+              help="The path into the server: containerd (its socket, forwarded over SSH), registry (a short-lived "
+                   "registry container, for docker-group users), load (docker load, for Docker's classic store); "
+                   "auto takes the first that works, in that order.")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=30.0, show_default=True, help="Seconds to wait for a connection or the registry to start.")
 @click.option("-v", "--verbose", is_flag=True, help="Say more about each step.")
 @click.version_option(__version__, "--version", prog_name="pussh")
 def command(image: str, hosts: tuple[str, ...], ssh_keys, ssh_configs, platforms, no_host_key_check, jobs, quiet,
             as_json, registry_image, remote_docker, remote_containerd_socket, containerd_socket, containerd_namespace,
-            docker_host, timeout, verbose) -> int:
+            docker_host, via, timeout, verbose) -> int:
     """Push IMAGE from the local Docker/containerd image store into the image store of each HOST over
     SSH, sending only the blobs the server does not have."""
+    from oci import reference as R
+    from oci.manifest import parse_platform
+
+    from .progress import UI
+    from .push import PushOptions
+    from .ssh import SSHOptions
+    from .target import parse_target
     try:
         ref = R.parse(image)
     except R.InvalidReference as err:
@@ -61,7 +73,7 @@ def command(image: str, hosts: tuple[str, ...], ssh_keys, ssh_configs, platforms
         raise UsageError(str(err)) from None
     opts = PushOptions(
         registry_image=registry_image, platforms=plats, jobs=jobs, remote_docker=remote_docker,
-        remote_containerd_socket=remote_containerd_socket, timeout=timeout,
+        remote_containerd_socket=remote_containerd_socket, timeout=timeout, via=via,
         ssh=SSHOptions(key_files=tuple(ssh_keys), config_files=tuple(ssh_configs),
                        host_key_check=not no_host_key_check, connect_timeout=timeout),
     )
@@ -79,6 +91,8 @@ def command(image: str, hosts: tuple[str, ...], ssh_keys, ssh_configs, platforms
 
 async def _main(ref: R.Reference, targets: list[Target], opts: PushOptions, ui: UI, containerd_socket: str | None,
                 containerd_namespace: str | None, docker_host: str | None) -> list[HostResult]:
+    from .push import connect, push_to_host
+    from .source import ImageSource, open_source
     # SSH connections come up while the local image is read.
     connecting = [connect(t, opts) for t in targets]
     try:

@@ -12,3 +12,11 @@ class UsageError(PusshError):
     """Bad command-line input (invalid reference, target, platform...)."""
 
     exit_code = 2
+
+
+class ConnectionLost(PusshError):
+    """The SSH connection under the push is gone: what was committed stays, and a re-run resumes."""
+
+
+class LocalReadError(PusshError):
+    """Reading the local image failed mid-push."""

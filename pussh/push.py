@@ -1,5 +1,10 @@
-"""One push, top to bottom: local image -> SSH -> server checks -> registry container -> tunnel ->
-HEAD every needed blob -> upload the missing ones -> manifests bottom-up -> tag -> cleanup."""
+"""One push, top to bottom: connect -> probe the server -> choose the path -> local image and plan ->
+copy_image into the chosen destination -> close what was opened (AsyncExitStack, Ctrl-C included).
+
+Paths (--via): `containerd`, straight into the server's containerd over a forwarded socket (no
+container, nothing to install on the server); `registry`, the pussh registry as a short-lived
+container (a docker-group user who may not open the socket); `load`, `docker load` of only the
+missing layers (a Docker that keeps the classic image store)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,23 +14,24 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 
-import aiohttp
 import asyncssh
 
-from ctrd import ContainerdError
+import ctrd
 from oci.manifest import Platform
 
 from . import remote, ssh
 from .classic import load_image
-from .errors import PusshError
-from .plan import Plan, make_plan
+from .copy import copy_image
+from .dest_containerd import ContainerdDestination
+from .errors import ConnectionLost, LocalReadError, PusshError, UsageError
+from .plan import make_plan
 from .progress import UI, human_bytes
-from .source import ImageSource, repository_path
+from .source import ImageSource
 from .target import Target
 from .transfer import send_registry_image
-from .upload import ConnectionLost, Registry
 
 REGISTRY_NAMESPACE = "moby"  # Docker's containerd image store
+VIAS = ("auto", "containerd", "registry", "load")
 
 
 @dataclass
@@ -37,6 +43,7 @@ class PushOptions:
     remote_containerd_socket: str | None = None
     timeout: float = 30.0
     ssh: ssh.SSHOptions = field(default_factory=ssh.SSHOptions)
+    via: str = "auto"
 
 
 @dataclass
@@ -45,10 +52,12 @@ class HostResult:
     image: str
     ok: bool = False
     error: str | None = None
+    via: str | None = None  # the path taken: containerd, registry or load
     blobs_sent: int = 0
     blobs_skipped: int = 0
     bytes_sent: int = 0
     bytes_skipped: int = 0
+    bytes_resumed: int = 0  # of the blobs sent, bytes the server already had from an interrupted push
     seconds: float = 0.0
     platforms: list[str] = field(default_factory=list)
     digest: str | None = None
@@ -59,7 +68,7 @@ class HostResult:
         if not self.ok:
             return f"{self.host}: FAILED: {self.error}"
         rate = self.bytes_sent / self.seconds if self.seconds > 0 else 0
-        return (f"{self.host}: pushed {self.image} ({', '.join(self.platforms) or '?'}): "
+        return (f"{self.host}: pushed {self.image} ({', '.join(self.platforms) or '?'}) via {self.via}: "
                 f"{self.blobs_sent} blobs sent ({human_bytes(self.bytes_sent)}), "
                 f"{self.blobs_skipped} skipped ({human_bytes(self.bytes_skipped)}), "
                 f"{self.seconds:.1f}s, {human_bytes(rate)}/s")
@@ -74,18 +83,19 @@ async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, u
     result = HostResult(host=str(target), image=source.ref.familiar)
     t0 = time.monotonic()
     try:
-        await _connect_and_push(source, target, opts, ui, result, connecting)
+        await _push(source, target, opts, ui, result, connecting)
         result.ok = True
     except PusshError as err:
         result.error, result.exit_code = str(err), err.exit_code
-    except (aiohttp.ClientError, asyncssh.Error, OSError, asyncio.TimeoutError) as err:
+    except ctrd.ContainerdError as err:  # the destinations map theirs: this is the local store's
+        result.error, result.exit_code = f"{target}: reading the local image failed: {err}", 1
+    except (asyncssh.Error, OSError, asyncio.TimeoutError) as err:
         # The connection dropped mid-push; blobs already committed are skipped by the next run.
         result.error = f"{target}: connection lost during the push ({str(err) or type(err).__name__}); run it again to resume"
         result.exit_code = 1
-    except ContainerdError as err:
-        result.error, result.exit_code = f"{target}: reading the local image failed: {err}", 1
     except Exception as err:  # a bug: report it for this host and let the other hosts finish
-        result.error, result.exit_code = f"{target}: unexpected error: {type(err).__name__}: {err}", 1
+        result.error = f"{target}: unexpected error: {type(err).__name__}: {err}"
+        result.exit_code = 1
     result.seconds = time.monotonic() - t0
     return result
 
@@ -94,59 +104,138 @@ def connect(target: Target, opts: PushOptions) -> asyncio.Future[ssh.Connection]
     return asyncio.ensure_future(asyncio.wait_for(ssh.connect(target, opts.ssh), opts.ssh.connect_timeout + 5))
 
 
-async def _connect_and_push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, result: HostResult,
-                            connecting: asyncio.Future[ssh.Connection] | None) -> None:
+async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, result: HostResult,
+                connecting: asyncio.Future[ssh.Connection] | None) -> None:
     label = str(target)
-    conn = await (connecting or connect(target, opts))
-    try:
-        # 3. Server checks: docker (sudo -n if needed), containerd socket, image store, platform, and
-        #    what the tag points at now. (Not with --platform: a server that pulled one platform of an
-        #    index has the same tag target without the other platforms' content.)
-        server, current = await remote.probe(conn, opts.remote_docker, opts.remote_containerd_socket,
-                                             None if opts.platforms else source.ref.name)
-        ui.debug(f"{label}: docker {server.docker_version} ({' '.join(server.docker)}), containerd at "
+    async with contextlib.AsyncExitStack() as stack:
+        conn = await (connecting or connect(target, opts))
+        stack.push_async_callback(lambda: _shielded(conn.close()))
+        # Server facts in one round trip; whether sshd forwards to the usual containerd socket is
+        # asked alongside. (Not the tag's target with --platform: a server that pulled one platform
+        # of an index has the same target without the other platforms' content.)
+        server, current, direct_problem = await _probe(conn, opts, None if opts.platforms else source.ref.name)
+        via = _choose(server, opts, direct_problem, label)
+        ui.debug(f"{label}: docker {server.docker_version or 'none'} ({' '.join(server.docker) or '-'}), containerd at "
                  f"{server.containerd_socket}, {'containerd' if server.containerd_store else 'classic'} image store, "
-                 f"{server.platform}")
+                 f"{server.platform}; via {via}" + (f" ({direct_problem})" if direct_problem and via != "containerd" else ""))
+        result.via = via
         token = secrets.token_urlsafe(32)
-        starting: asyncio.Future | None = None
+        starting: asyncio.Future[remote.RegistryContainer] | None = None
+        known = source.root.digest if source.root is not None else None  # None: made by resolve()
+        if via == "registry" and (current is None or current != known):
+            # Started while the local side works out what to send; removed on every way out.
+            starting = asyncio.ensure_future(_start_registry(conn, server, opts, token, ui))
+            stack.push_async_callback(lambda: _shielded(_remove_once_started(conn, server, starting)))
+        dest = None
+        if via == "containerd":
+            dest = await stack.enter_async_context(
+                ContainerdDestination.open(conn, server.require_socket(), REGISTRY_NAMESPACE, source.ref))
         try:
-            # 4. Containerd store: the registry container (loopback, free port, per-push token),
-            #    started while the local side works out what to send; not when the tag is already
-            #    this image (a repeated push).
-            known = source.root.digest if source.root is not None else None  # None: made by resolve()
-            if server.containerd_store and (current is None or current != known):
-                starting = asyncio.ensure_future(_start_registry(conn, server, opts, token, ui))
             root = await source.resolve(zstd=server.supports_zstd)
-            ui.debug(f"{label}: local image {source.ref.familiar} {root.digest} from {source.description}"
-                     + (f" ({source.compressed_layers} layers compressed)" if hasattr(source, "compressed_layers") else ""))
-            plan = await make_plan(source, opts.platforms or [server.platform], explicit=bool(opts.platforms), root=root)
-            result.platforms = [str(p) for p in plan.platforms]
-            result.digest = plan.root.digest
-            if server.containerd_store and current == plan.root.digest:
-                result.blobs_skipped = len(plan.blobs)
-                result.bytes_skipped = sum(b.size for b in plan.blobs)
-                ui.debug(f"{label}: the server's {source.ref.familiar} is already {plan.root.digest}")
-                if starting is not None:
-                    await _shielded(_remove_once_started(conn, server, starting))
-                return
-            if starting is None:
-                # 8. Classic store: straight into Docker with `docker load`, only the layers it lacks (classic.py).
-                await load_image(conn, server, source, plan, source.ref.familiar, ui, result)
-                return
-            container = await asyncio.shield(starting)
-        except BaseException:
-            if starting is not None:  # let a registry that is still starting come up, then remove it
-                await _shielded(_remove_once_started(conn, server, starting))
+        except PusshError:
             raise
+        except Exception as err:
+            raise LocalReadError(f"reading the local image failed: {err}") from err
+        ui.debug(f"{label}: local image {source.ref.familiar} {root.digest} from {source.description}"
+                 + (f" ({source.compressed_layers} layers compressed)" if hasattr(source, "compressed_layers") else ""))
+        plan = await make_plan(source, opts.platforms or [server.platform], explicit=bool(opts.platforms), root=root)
+        result.platforms = [str(p) for p in plan.platforms]
+        result.digest = plan.root.digest
+        if dest is not None and not server.docker and not opts.platforms:
+            current = await dest.current(source.ref.name)
+        if via != "load" and current == plan.root.digest:
+            result.blobs_skipped = len(plan.blobs)
+            result.bytes_skipped = sum(b.size for b in plan.blobs)
+            ui.debug(f"{label}: the server's {source.ref.familiar} is already {plan.root.digest}")
+            return
+        if via == "load":
+            await load_image(conn, server, source, plan, source.ref.familiar, ui, result)
+            return
+        if dest is None:
+            from .dest_registry import RegistryDestination  # aiohttp: imported only on this path
+            assert starting is not None
+            container = await asyncio.shield(starting)
+            dest = await stack.enter_async_context(
+                RegistryDestination.open(conn, container.port, token, source.ref, opts.jobs, opts.timeout))
+        else:
+            await dest.prepare(plan, source)
+        free = asyncio.ensure_future(remote.free_bytes(conn, server))  # asked alongside the diff
+        stack.callback(free.cancel)
+
+        async def check_space(needed: int) -> None:
+            await remote.check_space(conn, server, needed, free)
         try:
-            # 5. HTTP to the registry over SSH channels of this one connection.
-            async with conn.tunnel(container.port) as sock:
-                await _push_over_tunnel(conn, server, source, plan, sock, container.port, token, opts, ui, result)
-        finally:
-            # 9. Whatever happened (Ctrl-C included), the registry container goes.
-            await _shielded(remote.stop_registry(conn, server, container))
-    finally:
-        await _shielded(conn.close())
+            await copy_image(source, dest, plan, jobs=opts.jobs, ui=ui, result=result, label=label,
+                             check_space=check_space)
+        except (ConnectionLost, LocalReadError):
+            raise
+        except PusshError as err:
+            raise await remote.explain_failure(conn, server, err) from err
+
+
+async def _probe(conn: ssh.Connection, opts: PushOptions, image: str | None) -> tuple[remote.Server, str | None, str]:
+    """The server's facts, its tag's current target, and why the direct path cannot be taken ("" if it can)."""
+    guess = opts.remote_containerd_socket or remote.CONTAINERD_SOCKETS[0]
+    checking = asyncio.ensure_future(_refusal(conn, guess)) if opts.via in ("auto", "containerd") else None
+    try:
+        server, current = await remote.probe(conn, opts.remote_docker, opts.remote_containerd_socket, image)
+    except BaseException:
+        if checking is not None:
+            checking.cancel()
+        raise
+    if checking is None:
+        return server, current, "not asked for"
+    refusal = await checking
+    if server.containerd_socket is None:
+        return server, current, server.socket_problem
+    if server.containerd_socket != guess:
+        refusal = await _refusal(conn, server.containerd_socket)
+    if isinstance(refusal, ssh.SocketRefused) and server.socket_writable:
+        # OpenSSH answers a refused stream-local forward as it answers a failed connect: the
+        # probe's word that this user may open the socket tells them apart.
+        refusal = ssh.ForwardRefused(f"{conn.label}: sshd refuses to forward unix sockets "
+                                     "(AllowStreamLocalForwarding or DisableForwarding)")
+    elif isinstance(refusal, ssh.SocketRefused):
+        refusal = ssh.SocketRefused(f"{conn.label}: this user may not open {server.containerd_socket} (its group is "
+                                    f"{server.socket_gid})")
+    if refusal is not None:
+        problem = str(refusal).split(": ", 1)[-1]
+    elif server.docker and not server.containerd_store:
+        problem = "the server's Docker keeps the classic image store, which does not read containerd's"
+    else:
+        problem = ""
+    return server, current, problem
+
+
+async def _refusal(conn: ssh.Connection, socket: str) -> ssh.ForwardRefused | ssh.SocketRefused | None:
+    try:
+        await conn.check_unix(socket)
+    except (ssh.ForwardRefused, ssh.SocketRefused) as err:
+        return err
+    return None
+
+
+def _choose(server: remote.Server, opts: PushOptions, direct_problem: str, label: str) -> str:
+    if opts.via == "containerd":
+        if direct_problem:
+            raise PusshError(f"{label}: --via containerd: {direct_problem}; log in as root or as a member of the "
+                             "socket's group with stream-local forwarding allowed, or use --via registry")
+        return "containerd"
+    if opts.via == "auto" and not direct_problem:
+        return "containerd"
+    if not server.docker:
+        raise PusshError(f"{server.docker_problem}; and the containerd socket cannot be used directly "
+                         f"({direct_problem}): log in as root or as a member of the socket's group")
+    if server.containerd_store:
+        if opts.via == "load":
+            raise UsageError(f"{label}: --via load is for servers whose Docker keeps the classic image store; "
+                             "this one keeps images in containerd (use --via containerd or registry)")
+        server.require_socket()
+        return "registry"
+    if opts.via == "registry":
+        raise UsageError(f"{label}: --via registry needs Docker's containerd image store on the server; this one "
+                         "keeps the classic store (use --via load)")
+    return "load"
 
 
 async def _start_registry(conn: ssh.Connection, server: remote.Server, opts: PushOptions, token: str,
@@ -170,71 +259,6 @@ async def _remove_once_started(conn: ssh.Connection, server: remote.Server, star
     except BaseException:
         return  # it never started (start_registry removes a container that failed to come up)
     await remote.stop_registry(conn, server, container)
-
-
-async def _push_over_tunnel(conn: ssh.Connection, server: remote.Server, source: ImageSource, plan: Plan, sock: str,
-                            port: int, token: str, opts: PushOptions, ui: UI, result: HostResult) -> None:
-    label = conn.label
-    connector = aiohttp.UnixConnector(path=sock, limit=max(opts.jobs * 2, 8))
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=opts.timeout, sock_read=max(opts.timeout, 120))
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        reg = Registry(session, f"http://127.0.0.1:{port}", repository_path(source.ref), token, label,
-                       alive=conn.is_open)
-        # 6. Diff: HEAD every blob the chosen platforms need, concurrently (a wrong token fails
-        #    here with 401); the server's free space is asked alongside.
-        free = asyncio.ensure_future(remote.free_bytes(conn, server))
-        try:
-            present = await asyncio.gather(*(reg.has_blob(b.digest) for b in plan.blobs))
-        except BaseException:
-            free.cancel()
-            raise
-        missing = [b for b, here in zip(plan.blobs, present) if not here]
-        for b, here in zip(plan.blobs, present):
-            if here:
-                result.blobs_skipped += 1
-                result.bytes_skipped += b.size
-        needed = sum(b.size for b in missing)
-        ui.debug(f"{label}: {len(missing)} of {len(plan.blobs)} blobs to send ({human_bytes(needed)})")
-        await remote.check_space(conn, server, needed, free)
-
-        # 7. Upload the missing blobs, several in flight; each verified by digest on arrival.
-        sem = asyncio.Semaphore(max(opts.jobs, 1))
-
-        async def send(b) -> None:
-            async with sem:
-                bar = ui.bar(f"{label} {b.digest[7:19]}", b.size)
-                try:
-                    await reg.upload_blob(b.digest, b.size, source.opener(b.digest), bar.advance)
-                except BaseException:
-                    bar.discard()
-                    raise
-                bar.finish()
-                result.blobs_sent += 1
-                result.bytes_sent += b.size
-                result.sent.append(b.digest)
-
-        try:
-            await _all_or_nothing([send(b) for b in sorted(missing, key=lambda b: -b.size)])
-        except ConnectionLost:
-            raise
-        except PusshError as err:
-            raise await remote.explain_failure(conn, server, err) from err
-        # Manifests bottom-up by digest; the tag last, so an interrupted push never leaves it half-made.
-        for desc, body in plan.manifests[:-1]:
-            await reg.put_manifest(desc.digest, desc.media_type, body)
-        root, body = plan.manifests[-1]
-        await reg.put_manifest(source.ref.tag or root.digest, root.media_type, body)
-
-
-async def _all_or_nothing(coros: list) -> None:
-    """Run concurrently; on the first failure cancel the rest and raise that failure."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _shielded(coro) -> None:

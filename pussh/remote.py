@@ -41,7 +41,10 @@ if [ -z "$docker" ]; then
   for d in $paths; do if command -v "$d" >/dev/null 2>&1; then docker=$(command -v "$d"); break; fi; done
 fi
 echo "docker=$docker"
-for s in "$@"; do if [ -S "$s" ]; then echo "socket=$s"; echo "socketgid=$(stat -c %g "$s" 2>/dev/null)"; fi; done
+echo "arch=$(uname -m)"
+for s in "$@"; do if [ -S "$s" ]; then
+  echo "socket=$s"; echo "socketgid=$(stat -c %g "$s" 2>/dev/null)"; [ -w "$s" ] && echo "socketw=$s"
+fi; done
 [ -n "$docker" ] || exit 0
 [ -n "$name" ] && echo "current=$(eval "$docker" image inspect --format "'{{.Id}}'" '"$name"' 2>/dev/null)" &
 out=$(eval "$docker" info --format "'{{json .}}'" 2>&1); echo "inforc=$?"
@@ -53,13 +56,25 @@ exit 0
 
 @dataclass(frozen=True)
 class Server:
-    docker: tuple[str, ...]  # argv prefix, e.g. ("docker",) or ("sudo", "-n", "/usr/bin/docker")
-    containerd_socket: str
+    docker: tuple[str, ...]  # argv prefix, e.g. ("docker",) or ("sudo", "-n", "/usr/bin/docker"); () if none works
+    containerd_socket: str | None
     containerd_store: bool  # Docker keeps images in containerd (driver-type io.containerd.snapshotter.v1)
     platform: Platform
-    docker_version: str
+    docker_version: str = ""
     docker_root: str = "/var/lib/docker"
     socket_gid: int | None = None  # the containerd socket's group: the registry runs as a user of it
+    docker_problem: str = ""  # why there is no usable docker: the error of a path that needs it
+    socket_problem: str = ""  # why there is no containerd socket
+    socket_writable: bool = False  # this user may open it (so sshd could, if it forwards)
+
+    def require_docker(self) -> None:
+        if not self.docker:
+            raise PusshError(self.docker_problem)
+
+    def require_socket(self) -> str:
+        if not self.containerd_socket:
+            raise PusshError(self.socket_problem)
+        return self.containerd_socket
 
     @property
     def sudo(self) -> tuple[str, ...]:
@@ -68,12 +83,14 @@ class Server:
     @property
     def storage_paths(self) -> tuple[str, ...]:
         """Where pushed bytes land first: containerd's ingest directory, or Docker's root (docker load)."""
-        if self.containerd_store:
+        if self.containerd_store or not self.docker:
             return (CONTENT_INGEST, "/var/lib/containerd", self.docker_root)
         return (self.docker_root,)
 
     @property
     def supports_zstd(self) -> bool:
+        if not self.docker:
+            return True  # containerd >= 1.5 unpacks zstd layers
         try:
             return int(self.docker_version.split(".", 1)[0]) >= 23
         except ValueError:
@@ -83,7 +100,8 @@ class Server:
 async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | None = None,
                 image: str | None = None) -> tuple[Server, str | None]:
     """Server checks in one round trip: docker (with `sudo -n` when needed), the containerd socket,
-    store and platform; and the ID of what `image` names on the server now (None: nothing)."""
+    store and platform; and the ID of what `image` names on the server now (None: nothing). A
+    missing docker or socket is not an error here: only the paths that need them fail."""
     label = conn.label
     candidates = [socket] if socket else list(CONTAINERD_SOCKETS)
     given = tuple(shlex.split(docker_cmd)) if docker_cmd else ()
@@ -92,29 +110,38 @@ async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | N
     found = dict(l.split("=", 1) for l in lines if "=" in l and not l.startswith("info="))
     sockets = [l.split("=", 1)[1] for l in lines if l.startswith("socket=")]
     gids = [l.split("=", 1)[1].strip() for l in lines if l.startswith("socketgid=")]
+    if socket and not sockets:
+        socket_problem = f"{label}: no containerd socket at {socket} on the server"
+    elif not sockets:
+        socket_problem = (f"{label}: no containerd socket found on the server (looked in "
+                          f"{', '.join(CONTAINERD_SOCKETS)}); pass --remote-containerd-socket PATH")
+    else:
+        socket_problem = ""
+    facts = dict(containerd_socket=sockets[0] if sockets else None, socket_problem=socket_problem,
+                 socket_writable=bool(sockets) and f"socketw={sockets[0]}" in lines,
+                 socket_gid=int(gids[0]) if gids and gids[0].isdigit() else None)
+    uname_platform = Platform("linux", normalize_arch(found.get("arch", "").strip().lower()))
     if given:
         docker = given
     elif found.get("docker"):
         docker = (found["docker"],)
     else:
-        raise PusshError(f"{label}: docker not found on the server (looked for {', '.join(DOCKER_PATHS)}); "
-                         "install Docker or pass --remote-docker PATH")
+        return Server((), containerd_store=False, platform=uname_platform, **facts,
+                      docker_problem=f"{label}: docker not found on the server (looked for {', '.join(DOCKER_PATHS)}); "
+                                     "install Docker or pass --remote-docker PATH"), None
     out = "\n".join(l[5:] for l in lines if l.startswith("info="))
     rc = int(found.get("inforc") or 1)
     searched = docker
-    info, docker = await _docker_info(conn, docker, explicit=bool(given),
-                                      res=Result([*docker, "info"], rc, out, "" if rc == 0 else out))
-    if socket and not sockets:
-        raise PusshError(f"{label}: no containerd socket at {socket} on the server")
-    if not sockets:
-        raise PusshError(f"{label}: no containerd socket found on the server (looked in {', '.join(CONTAINERD_SOCKETS)}); "
-                         "pass --remote-containerd-socket PATH")
+    try:
+        info, docker = await _docker_info(conn, docker, explicit=bool(given),
+                                          res=Result([*docker, "info"], rc, out, "" if rc == 0 else out))
+    except PusshError as err:
+        return Server((), containerd_store=False, platform=uname_platform, **facts, docker_problem=str(err)), None
     status = dict((k, v) for k, v in (info.get("DriverStatus") or []) if isinstance(k, str))
     store = status.get("driver-type") == "io.containerd.snapshotter.v1"
     plat = Platform(str(info.get("OSType") or "linux"), normalize_arch(str(info.get("Architecture") or "").lower()))
-    server = Server(docker, sockets[0], store, plat, str(info.get("ServerVersion") or ""),
-                    str(info.get("DockerRootDir") or "/var/lib/docker"),
-                    int(gids[0]) if gids and gids[0].isdigit() else None)
+    server = Server(docker, containerd_store=store, platform=plat, docker_version=str(info.get("ServerVersion") or ""),
+                    docker_root=str(info.get("DockerRootDir") or "/var/lib/docker"), **facts)
     current = found.get("current", "").strip() or None
     if image and docker != searched:  # it took sudo: ask again
         current = await image_id(conn, server, image)

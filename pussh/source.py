@@ -11,7 +11,7 @@ from oci import reference as R
 from oci.manifest import Desc
 
 from .errors import PusshError
-from .upload import Source
+from ctrd.content import Source
 
 
 class ImageSource(Protocol):

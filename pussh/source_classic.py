@@ -25,7 +25,7 @@ from oci.manifest import Desc
 
 from .dockerapi import DockerAPI
 from .errors import PusshError
-from .upload import Source
+from ctrd.content import Source
 
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6

@@ -19,7 +19,7 @@ from oci.manifest import Desc
 
 from .dockerapi import DockerAPI, DockerError
 from .errors import PusshError
-from .upload import Source
+from ctrd.content import Source
 
 READY_RE = re.compile(r"pussh-registry listening on http://127\.0\.0\.1:(\d+)")
 LABEL = "pussh.helper"

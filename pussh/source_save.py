@@ -22,7 +22,7 @@ from oci.manifest import Desc
 from .dockerapi import DockerAPI
 from .errors import PusshError
 from .source_classic import _ThreadReader, cache_dir
-from .upload import Source
+from ctrd.content import Source
 
 _BLOB = re.compile(r"^blobs/sha256/([a-f0-9]{64})$")
 

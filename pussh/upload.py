@@ -10,10 +10,11 @@ from urllib.parse import urljoin
 
 import aiohttp
 
+from ctrd.content import Source
+
+from . import errors
 from .errors import PusshError
 
-# A function that yields a blob's bytes from the given offset to its end (a file reader, say).
-Source = Callable[[int], AsyncIterator[bytes]]
 Progress = Callable[[int], None]  # called with a byte count to add (negative after a rewind)
 
 CHUNK = 32 << 20  # bytes per PATCH: a retry resends at most this much
@@ -26,7 +27,7 @@ class RegistryError(PusshError):
         self.status = status
 
 
-class ConnectionLost(RegistryError):
+class ConnectionLost(RegistryError, errors.ConnectionLost):
     """The SSH connection under the tunnel is gone: retrying is pointless."""
 
 

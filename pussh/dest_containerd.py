@@ -1,0 +1,126 @@
+"""The direct path: the server's containerd driven over a unix socket forwarded through the SSH
+connection. No container, no registry image, no port: blobs are written into its content store
+under a lease (resumable from the offset containerd has, committed with the expected digest and
+size), manifests carry the labels containerd's own pull sets, and the image record comes last."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+
+import ctrd
+from ctrd import imagestore
+from oci import digest as D
+from oci import manifest as M
+from oci import reference as R
+
+from .copy import Source
+from .errors import ConnectionLost, PusshError
+from .plan import Plan
+from .source import ImageSource
+from .ssh import Connection
+
+# An interrupted push's blobs and ingests stay this long for a re-run to resume; then GC takes them.
+LEASE_EXPIRY = timedelta(hours=1)
+
+
+class ContainerdDestination:
+    via = "containerd"
+
+    def __init__(self, ctr: ctrd.Containerd, conn: Connection, ref: R.Reference, lease: str) -> None:
+        self.ctr, self.conn, self.ref, self.lease = ctr, conn, ref, lease
+        self.label = conn.label
+        self._labels: dict[str, dict[str, str]] = {}  # blob digest -> labels it is committed with
+        self._diff_ids: dict[str, str | None] = {}
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, conn: Connection, socket: str, namespace: str,
+                   ref: R.Reference) -> AsyncIterator["ContainerdDestination"]:
+        async with conn.forward_unix(socket) as local:
+            ctr = ctrd.Containerd(local, namespace)
+            try:
+                dest = cls(ctr, conn, ref, "")
+                with dest._mapped("creating a lease"):
+                    dest.lease = await ctr.leases.create(expire=LEASE_EXPIRY, labels={"pussh.push": ref.name})
+                yield dest
+            finally:
+                ctr.close()
+
+    @contextlib.contextmanager
+    def _mapped(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except ctrd.ContainerdError as err:
+            if not self.conn.is_open():
+                raise ConnectionLost(f"{self.label}: connection lost during the push ({err}); "
+                                     "run it again to resume") from err
+            raise PusshError(f"{self.label}: the server's containerd failed {what}: {err}") from err
+
+    async def current(self, name: str) -> str | None:
+        """The digest the server's image record `name` points at, or None."""
+        try:
+            with self._mapped("reading an image record"):
+                return (await self.ctr.images.get(name)).target.digest
+        except PusshError as err:
+            if isinstance(err.__cause__, ctrd.NotFound):
+                return None
+            raise
+
+    async def prepare(self, plan: Plan, source: ImageSource) -> None:
+        """The labels each blob gets: its diffID (from the image config) and the distribution source."""
+        for image in plan.images:
+            config = await source.read_small(image.config.digest) if image.config else None
+            for dgst, diff_id in imagestore.child_labels(image, config).items():
+                self._diff_ids.setdefault(dgst, diff_id)
+
+    async def missing(self, blobs: list[M.Desc]) -> list[M.Desc]:
+        async def look(d: M.Desc) -> ctrd.Info | None:
+            # Under our lease first: a blob that only an expiring lease holds must not be collected
+            # between this look and the tag.
+            await self.ctr.leases.add_resource(self.lease, d.digest)
+            info = await self.ctr.content.exists(d.digest)
+            if info is not None:
+                want = imagestore.missing_labels(info.labels, self.ref.domain, self.ref.path,
+                                                 self._diff_ids.get(d.digest))
+                if want:
+                    await self.ctr.content.set_labels(d.digest, want)
+            return info
+        with self._mapped("listing its content"):
+            infos = await asyncio.gather(*(look(d) for d in blobs))
+        return [d for d, info in zip(blobs, infos) if info is None]
+
+    async def write(self, desc: M.Desc, source: Source) -> int:
+        resumed = -1
+
+        def from_offset(offset: int) -> AsyncIterator[bytes]:
+            nonlocal resumed
+            if resumed < 0:
+                resumed = offset
+            return source(offset)
+        labels = imagestore.missing_labels({}, self.ref.domain, self.ref.path, self._diff_ids.get(desc.digest))
+        with self._mapped(f"writing {desc.digest[:19]}"):
+            # The ref is the digest's, the same in every run: a re-run finds the ingest where this one left it.
+            await self.ctr.content.write_blob(f"pussh-{D.hex_of(desc.digest)}", from_offset, expected=desc.digest,
+                                              total=desc.size, labels=labels, lease=self.lease)
+        return max(resumed, 0)
+
+    async def put_manifest(self, desc: M.Desc, body: bytes) -> None:
+        labels = imagestore.manifest_labels(M.parse(body, desc.media_type), self.ref.domain, self.ref.path)
+
+        async def whole(offset: int) -> AsyncIterator[bytes]:
+            yield body[offset:]
+        with self._mapped(f"storing the manifest {desc.digest[:19]}"):
+            if not await self.ctr.content.write_blob(f"pussh-manifest-{D.hex_of(desc.digest)}", whole,
+                                                     expected=desc.digest, total=len(body), labels=labels,
+                                                     lease=self.lease):
+                await self.ctr.content.set_labels(desc.digest, labels)  # it was there: make sure of its labels
+
+    async def tag(self, desc: M.Desc, body: bytes) -> None:
+        await self.put_manifest(desc, body)
+        name = self.ref.name if self.ref.tag else f"{self.ref.repository}@{desc.digest}"
+        with self._mapped(f"tagging {name}"):
+            await self.ctr.images.put(name, ctrd.Descriptor(desc.media_type, desc.digest, desc.size))
+            # The record keeps the image now (through the GC labels); the lease is done.
+            await self.ctr.leases.delete(self.lease)
