@@ -101,6 +101,11 @@ class Containerd:
             resp = await VersionStub(self.channel).Version(Empty())
         return resp.version, resp.revision
 
+    async def namespaces(self) -> list[str]:
+        with errors.mapped():
+            resp = await NamespacesStub(self.channel).List(namespaces_pb2.ListNamespacesRequest())
+        return [n.name for n in resp.namespaces]
+
     async def ensure_namespace(self) -> None:
         stub = NamespacesStub(self.channel)
         try:

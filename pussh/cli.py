@@ -47,12 +47,15 @@ EXIT_INTERRUPTED = 130
               help="The path into the server: containerd (its socket, forwarded over SSH), registry (a short-lived "
                    "registry container, for docker-group users), load (docker load, for Docker's classic store); "
                    "auto takes the first that works, in that order.")
+@click.option("--namespace", metavar="NS", help="containerd namespace on the server (direct path; default: moby with "
+              "Docker, k8s.io where containerd serves CRI, else default).")
+@click.option("--snapshotter", metavar="NAME", help="Snapshotter to unpack into outside Docker's namespace (default overlayfs).")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=30.0, show_default=True, help="Seconds to wait for a connection or the registry to start.")
 @click.option("-v", "--verbose", is_flag=True, help="Say more about each step.")
 @click.version_option(__version__, "--version", prog_name="pussh")
 def command(image: str, hosts: tuple[str, ...], ssh_keys, ssh_configs, platforms, no_host_key_check, jobs, quiet,
             as_json, registry_image, remote_docker, remote_containerd_socket, containerd_socket, containerd_namespace,
-            docker_host, via, timeout, verbose) -> int:
+            docker_host, via, namespace, snapshotter, timeout, verbose) -> int:
     """Push IMAGE from the local Docker/containerd image store into the image store of each HOST over
     SSH, sending only the blobs the server does not have."""
     from oci import reference as R
@@ -74,6 +77,7 @@ def command(image: str, hosts: tuple[str, ...], ssh_keys, ssh_configs, platforms
     opts = PushOptions(
         registry_image=registry_image, platforms=plats, jobs=jobs, remote_docker=remote_docker,
         remote_containerd_socket=remote_containerd_socket, timeout=timeout, via=via,
+        namespace=namespace, snapshotter=snapshotter,
         ssh=SSHOptions(key_files=tuple(ssh_keys), config_files=tuple(ssh_configs),
                        host_key_check=not no_host_key_check, connect_timeout=timeout),
     )

@@ -1,16 +1,23 @@
 """The direct path: the server's containerd driven over a unix socket forwarded through the SSH
 connection. No container, no registry image, no port: blobs are written into its content store
 under a lease (resumable from the offset containerd has, committed with the expected digest and
-size), manifests carry the labels containerd's own pull sets, and the image record comes last."""
+size), manifests carry the labels containerd's own pull sets, and the image record comes last.
+
+Namespace: `moby` where Docker keeps its images in containerd (Docker unpacks on run); on a host
+without Docker, `k8s.io` where containerd serves CRI (a Kubernetes node), else `default`
+(nerdctl). Outside `moby` the image is unpacked into the snapshotter before it is tagged, and in
+`k8s.io` it gets the records and labels of an image CRI pulled, so a pod starts without a pull."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
 import ctrd
-from ctrd import imagestore
+import ctrd.snapshots
+from ctrd import imagestore, unpack
 from oci import digest as D
 from oci import manifest as M
 from oci import reference as R
@@ -23,30 +30,60 @@ from .ssh import Connection
 
 # An interrupted push's blobs and ingests stay this long for a re-run to resume; then GC takes them.
 LEASE_EXPIRY = timedelta(hours=1)
+DOCKER_NAMESPACE = "moby"
+CRI_NAMESPACE = "k8s.io"
 
 
 class ContainerdDestination:
     via = "containerd"
 
-    def __init__(self, ctr: ctrd.Containerd, conn: Connection, ref: R.Reference, lease: str) -> None:
-        self.ctr, self.conn, self.ref, self.lease = ctr, conn, ref, lease
+    def __init__(self, ctr: ctrd.Containerd, conn: Connection, ref: R.Reference, snapshotter: str) -> None:
+        self.ctr, self.conn, self.ref, self.snapshotter = ctr, conn, ref, snapshotter
+        self.lease = ""
         self.label = conn.label
-        self._labels: dict[str, dict[str, str]] = {}  # blob digest -> labels it is committed with
         self._diff_ids: dict[str, str | None] = {}
+        self._images: list[tuple[dict, dict]] = []  # (manifest, config) of each platform, for unpack
+        self.unpacked: list[str] = []  # chain IDs this push applied
+
+    @property
+    def namespace(self) -> str:
+        return self.ctr.namespace
+
+    @property
+    def unpacks(self) -> bool:
+        return self.namespace != DOCKER_NAMESPACE  # Docker unpacks its images itself, on run
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, conn: Connection, socket: str, namespace: str,
-                   ref: R.Reference) -> AsyncIterator["ContainerdDestination"]:
+    async def open(cls, conn: Connection, socket: str, ref: R.Reference, *, docker: bool, namespace: str | None,
+                   snapshotter: str | None) -> AsyncIterator["ContainerdDestination"]:
+        """`docker`: the server has Docker with the containerd store; `namespace`, `snapshotter`:
+        the user's choice (None: found out)."""
         async with conn.forward_unix(socket) as local:
-            ctr = ctrd.Containerd(local, namespace)
+            ctr = ctrd.Containerd(local, namespace or DOCKER_NAMESPACE)
             try:
-                dest = cls(ctr, conn, ref, "")
-                with dest._mapped("creating a lease"):
+                dest = cls(ctr, conn, ref, snapshotter or ctrd.snapshots.DEFAULT_SNAPSHOTTER)
+                with dest._mapped("answering"):
+                    await dest._settle(docker, namespace, snapshotter)
                     dest.lease = await ctr.leases.create(expire=LEASE_EXPIRY, labels={"pussh.push": ref.name})
                 yield dest
             finally:
                 ctr.close()
+
+    async def _settle(self, docker: bool, namespace: str | None, snapshotter: str | None) -> None:
+        if namespace is not None:
+            have = await self.ctr.namespaces()
+            if namespace not in have:
+                raise PusshError(f"{self.label}: the server's containerd has no namespace {namespace!r} "
+                                 f"(it has {', '.join(sorted(have)) or 'none'})")
+        elif not docker:
+            self.ctr.namespace = CRI_NAMESPACE if await self.ctr.cri_loaded() else "default"
+        if self.unpacks:
+            have = await self.ctr.snapshotters()
+            if self.snapshotter not in have:
+                what = f"no snapshotter {self.snapshotter!r}" if snapshotter else \
+                    f"no {self.snapshotter} snapshotter; choose one with --snapshotter"
+                raise PusshError(f"{self.label}: the server's containerd has {what} (it has {', '.join(have) or 'none'})")
 
     @contextlib.contextmanager
     def _mapped(self, what: str) -> Iterator[None]:
@@ -74,6 +111,8 @@ class ContainerdDestination:
             config = await source.read_small(image.config.digest) if image.config else None
             for dgst, diff_id in imagestore.child_labels(image, config).items():
                 self._diff_ids.setdefault(dgst, diff_id)
+            if config is not None:
+                self._images.append((image.raw, json.loads(config)))
 
     async def missing(self, blobs: list[M.Desc]) -> list[M.Desc]:
         async def look(d: M.Desc) -> ctrd.Info | None:
@@ -119,8 +158,20 @@ class ContainerdDestination:
 
     async def tag(self, desc: M.Desc, body: bytes) -> None:
         await self.put_manifest(desc, body)
+        if self.unpacks:
+            with self._mapped("unpacking the image"):
+                for manifest, config in self._images:
+                    # under the push's lease: an interrupted unpack leaves only what the lease lets expire
+                    done = await unpack.unpack(self.ctr, manifest, config, self.snapshotter, lease=self.lease)
+                    self.unpacked += done.applied
         name = self.ref.name if self.ref.tag else f"{self.ref.repository}@{desc.digest}"
+        names, labels = [name], {}
+        if self.namespace == CRI_NAMESPACE and self._images:
+            config_digest = self._images[0][0]["config"]["digest"]
+            names, labels = unpack.cri_image_names(name, desc.digest, config_digest), unpack.cri_image_labels()
+        target = ctrd.Descriptor(desc.media_type, desc.digest, desc.size)
         with self._mapped(f"tagging {name}"):
-            await self.ctr.images.put(name, ctrd.Descriptor(desc.media_type, desc.digest, desc.size))
-            # The record keeps the image now (through the GC labels); the lease is done.
+            for n in names:
+                await self.ctr.images.put(n, target, labels)
+            # The records keep the image now (through the GC labels); the lease is done.
             await self.ctr.leases.delete(self.lease)

@@ -30,7 +30,7 @@ from .source import ImageSource
 from .target import Target
 from .transfer import send_registry_image
 
-REGISTRY_NAMESPACE = "moby"  # Docker's containerd image store
+REGISTRY_NAMESPACE = "moby"  # Docker's containerd image store, where the registry path writes
 VIAS = ("auto", "containerd", "registry", "load")
 
 
@@ -44,6 +44,8 @@ class PushOptions:
     timeout: float = 30.0
     ssh: ssh.SSHOptions = field(default_factory=ssh.SSHOptions)
     via: str = "auto"
+    namespace: str | None = None  # the server's containerd namespace (direct path); None: found out
+    snapshotter: str | None = None  # for unpacking outside Docker's namespace; None: overlayfs
 
 
 @dataclass
@@ -58,6 +60,8 @@ class HostResult:
     bytes_sent: int = 0
     bytes_skipped: int = 0
     bytes_resumed: int = 0  # of the blobs sent, bytes the server already had from an interrupted push
+    namespace: str | None = None  # the direct path's containerd namespace
+    unpacked: list[str] = field(default_factory=list)  # chain IDs of the layers this push unpacked
     seconds: float = 0.0
     platforms: list[str] = field(default_factory=list)
     digest: str | None = None
@@ -71,7 +75,8 @@ class HostResult:
         return (f"{self.host}: pushed {self.image} ({', '.join(self.platforms) or '?'}) via {self.via}: "
                 f"{self.blobs_sent} blobs sent ({human_bytes(self.bytes_sent)}), "
                 f"{self.blobs_skipped} skipped ({human_bytes(self.bytes_skipped)}), "
-                f"{self.seconds:.1f}s, {human_bytes(rate)}/s")
+                + (f"{len(self.unpacked)} layers unpacked, " if self.unpacked else "")
+                + f"{self.seconds:.1f}s, {human_bytes(rate)}/s")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -129,7 +134,9 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
         dest = None
         if via == "containerd":
             dest = await stack.enter_async_context(
-                ContainerdDestination.open(conn, server.require_socket(), REGISTRY_NAMESPACE, source.ref))
+                ContainerdDestination.open(conn, server.require_socket(), source.ref, docker=bool(server.docker),
+                                           namespace=opts.namespace, snapshotter=opts.snapshotter))
+            result.namespace = dest.namespace
         try:
             root = await source.resolve(zstd=server.supports_zstd)
         except PusshError:
@@ -171,6 +178,8 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             raise
         except PusshError as err:
             raise await remote.explain_failure(conn, server, err) from err
+        finally:
+            result.unpacked = list(getattr(dest, "unpacked", []))
 
 
 async def _probe(conn: ssh.Connection, opts: PushOptions, image: str | None) -> tuple[remote.Server, str | None, str]:
@@ -200,7 +209,7 @@ async def _probe(conn: ssh.Connection, opts: PushOptions, image: str | None) -> 
                                     f"{server.socket_gid})")
     if refusal is not None:
         problem = str(refusal).split(": ", 1)[-1]
-    elif server.docker and not server.containerd_store:
+    elif server.docker and not server.containerd_store and not opts.namespace:
         problem = "the server's Docker keeps the classic image store, which does not read containerd's"
     else:
         problem = ""
