@@ -56,10 +56,11 @@ class ContainerdDestination:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, conn: Connection, socket: str, ref: R.Reference, *, docker: bool, namespace: str | None,
-                   snapshotter: str | None) -> AsyncIterator["ContainerdDestination"]:
+                   snapshotter: str | None, relay: list[str] | None = None) -> AsyncIterator["ContainerdDestination"]:
         """`docker`: the server has Docker with the containerd store; `namespace`, `snapshotter`:
-        the user's choice (None: found out)."""
-        async with conn.forward_unix(socket) as local:
+        the user's choice (None: found out); `relay`: a command whose stdio reaches the socket,
+        where sshd does not forward it."""
+        async with (conn.relay(relay) if relay else conn.forward_unix(socket)) as local:
             ctr = ctrd.Containerd(local, namespace or DOCKER_NAMESPACE)
             try:
                 dest = cls(ctr, conn, ref, snapshotter or ctrd.snapshots.DEFAULT_SNAPSHOTTER)

@@ -38,9 +38,10 @@ class RegistryDestination:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, conn: Connection, port: int, token: str, ref: R.Reference, jobs: int,
-                   timeout: float) -> AsyncIterator["RegistryDestination"]:
-        async with conn.tunnel(port) as sock:
+    async def open(cls, conn: Connection, port: int, token: str, ref: R.Reference, jobs: int, timeout: float,
+                   relay: list[str] | None = None) -> AsyncIterator["RegistryDestination"]:
+        """`relay`: a command whose stdio reaches the registry's port, where sshd forwards no TCP."""
+        async with (conn.relay(relay) if relay else conn.tunnel(port)) as sock:
             connector = aiohttp.UnixConnector(path=sock, limit=max(jobs * 2, 8))
             client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=max(timeout, 120))
             async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:

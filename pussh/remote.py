@@ -21,6 +21,7 @@ CREATED_LABEL = "pussh.registry.created"
 LEFTOVER_AGE = 2 * 3600  # a registry container older than this belongs to a crashed run
 CONTAINER_SOCKET = "/run/containerd/containerd.sock"
 CONTENT_INGEST = "/var/lib/containerd/io.containerd.content.v1.content/ingest"
+REGISTRY_PYTHON = "/opt/pussh/bin/python"  # in the registry image (Dockerfile): runs a relay in its container
 READY_RE = re.compile(r"pussh-registry listening on http://([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
 
 # Tried in order when --remote-containerd-socket is not given.
@@ -42,8 +43,10 @@ if [ -z "$docker" ]; then
 fi
 echo "docker=$docker"
 echo "arch=$(uname -m)"
+echo "python=$(command -v python3)"
 for s in "$@"; do if [ -S "$s" ]; then
-  echo "socket=$s"; echo "socketgid=$(stat -c %g "$s" 2>/dev/null)"; [ -w "$s" ] && echo "socketw=$s"
+  echo "socket=$s"; echo "socketgid=$(stat -c %g "$s" 2>/dev/null)"
+  if [ -w "$s" ]; then echo "socketw=$s"; elif sudo -n true 2>/dev/null; then echo "sudook=1"; fi
 fi; done
 [ -n "$docker" ] || exit 0
 [ -n "$name" ] && echo "current=$(eval "$docker" image inspect --format "'{{.Id}}'" '"$name"' 2>/dev/null)" &
@@ -66,6 +69,8 @@ class Server:
     docker_problem: str = ""  # why there is no usable docker: the error of a path that needs it
     socket_problem: str = ""  # why there is no containerd socket
     socket_writable: bool = False  # this user may open it (so sshd could, if it forwards)
+    sudo_ok: bool = False  # passwordless sudo works (a relay to the socket can run as root)
+    python: str = ""  # python3 on the server, for a relay when sshd forwards nothing
 
     def require_docker(self) -> None:
         if not self.docker:
@@ -119,6 +124,7 @@ async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | N
         socket_problem = ""
     facts = dict(containerd_socket=sockets[0] if sockets else None, socket_problem=socket_problem,
                  socket_writable=bool(sockets) and f"socketw={sockets[0]}" in lines,
+                 sudo_ok="sudook=1" in lines, python=found.get("python", "").strip(),
                  socket_gid=int(gids[0]) if gids and gids[0].isdigit() else None)
     uname_platform = Platform("linux", normalize_arch(found.get("arch", "").strip().lower()))
     if given:

@@ -113,6 +113,64 @@ class Connection:
                 pass
             os.rmdir(d)
 
+    @asynccontextmanager
+    async def relay(self, argv: Sequence[str]) -> AsyncIterator[str]:
+        """A local unix socket whose every connection runs `argv` on the server and carries the
+        connection's bytes over its stdin and stdout (the relay connects them to the real socket):
+        for servers whose sshd forwards nothing. Yields the local path."""
+        cmd = shlex.join(argv)
+        procs: set[asyncssh.SSHClientProcess] = set()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                proc = await self.conn.create_process(cmd, encoding=None, stderr=asyncssh.DEVNULL)
+            except (asyncssh.Error, OSError):
+                writer.close()
+                return
+            procs.add(proc)
+
+            async def up() -> None:
+                while data := await reader.read(1 << 18):
+                    proc.stdin.write(data)
+                    await proc.stdin.drain()
+                proc.stdin.write_eof()
+
+            async def down() -> None:
+                while data := await proc.stdout.read(1 << 18):
+                    writer.write(data)
+                    await writer.drain()
+                writer.close()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(up())
+                    tg.create_task(down())
+            except (BaseExceptionGroup, OSError, asyncssh.Error):
+                pass  # either side gone: the other is closed below
+            finally:
+                proc.close()
+                writer.close()
+                procs.discard(proc)
+
+        async def listen(path: str):
+            return await asyncio.start_unix_server(serve, path)
+        async with self._local_socket("relay.sock", listen) as path:
+            try:
+                yield path
+            finally:
+                for proc in list(procs):
+                    proc.close()
+
+    async def check_tcp(self) -> None:
+        """Whether sshd forwards TCP at all: a channel to a closed loopback port is refused as
+        "connect failed" where forwarding is allowed, "administratively prohibited" where not."""
+        try:
+            chan, _ = await self.conn.create_connection(asyncssh.SSHTCPSession, "127.0.0.1", 1)
+        except asyncssh.ChannelOpenError as err:
+            if err.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+                raise ForwardRefused(f"{self.label}: sshd refuses to forward TCP ({err.reason})") from err
+            return
+        chan.close()
+
     async def check_unix(self, remote_path: str) -> None:
         """Open (and close) one channel to the server's unix socket: learns, before anything is
         sent, whether sshd forwards to it (ForwardRefused) and whether it can open it (SocketRefused)."""

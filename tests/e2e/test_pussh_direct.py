@@ -129,18 +129,6 @@ def test_docker_group_user_takes_the_registry_path(local, remote_host):
     assert "--via containerd" in forced.stderr and "--via registry" in forced.stderr
 
 
-def test_forwarding_refused_falls_back_or_fails_clearly(local, remote_host):
-    build_app_image(local, "direct:nofwd", [1], seed="nofwd")
-    with sshd_option(remote_host, "AllowStreamLocalForwarding no"):
-        r, res = push(local, remote_host, "--registry-image", "pussh-registry:test", "direct:nofwd")
-        assert res["via"] == "registry"
-        assert "sshd refuses to forward unix sockets" in r.stderr, r.stderr
-        forced = pussh(local, "-F", remote_host.ssh_config, "--via", "containerd", "direct:nofwd", remote_host.alias)
-        assert forced.returncode == 1 and "refuses to forward" in forced.last_error
-        assert len(forced.stderr.strip().splitlines()) == 1, forced.stderr
-    assert run_output(remote_host, "direct:nofwd") == run_output(local, "direct:nofwd")
-
-
 def test_interrupted_direct_push_resumes(local, remote_host):
     """SIGINT mid-blob at a slow rate: no tag, the old image whole; the re-run sends only the rest."""
     remote = remote_host

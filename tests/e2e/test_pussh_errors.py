@@ -14,6 +14,7 @@ from pussh_support import PYTHON, REPO_ROOT, build_app_image, build_registry_ima
 
 pytestmark = pytest.mark.e2e
 REG = ("-q", "--registry-image", "pussh-registry:test")  # -q: stderr holds just the error
+VIA_REGISTRY = (*REG, "--via", "registry")  # the tests of what only the registry path does
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_unknown_host_key(local, remote, tmp_path):
 
 
 def test_no_docker_on_server(local, remote):
-    fails(pussh(local, "-F", remote.ssh_config, *REG, "--remote-docker", "/usr/bin/no-docker-here", "err:1",
+    fails(pussh(local, "-F", remote.ssh_config, *VIA_REGISTRY, "--remote-docker", "/usr/bin/no-docker-here", "err:1",
                 remote.alias), "docker not found on the server")
 
 
@@ -127,7 +128,8 @@ def test_no_containerd_socket(local, remote):
 
 
 def test_registry_image_missing_on_both_sides(local, remote):
-    fails(pussh(local, "-F", remote.ssh_config, "--registry-image", "pussh-registry:absent", "err:1", remote.alias),
+    fails(pussh(local, "-F", remote.ssh_config, "--via", "registry", "--registry-image", "pussh-registry:absent",
+                "err:1", remote.alias),
           "the registry image pussh-registry:absent is neither on the server nor on this machine")
     no_leftovers(remote, "err:1")
 
@@ -153,7 +155,7 @@ def test_interrupt_leaves_nothing_and_next_push_completes(local, remote, sig):
     env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "CONTAINERD_ADDRESS")}
     env.update(local.env)
     try:
-        p = subprocess.Popen([PYTHON, "-m", "pussh", "-F", remote.ssh_config, *REG, image, remote.alias],
+        p = subprocess.Popen([PYTHON, "-m", "pussh", "-F", remote.ssh_config, *VIA_REGISTRY, image, remote.alias],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO_ROOT))
         # Wait for the registry container to run (the push is under way), then interrupt.
         deadline = time.monotonic() + 120
