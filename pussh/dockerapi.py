@@ -121,6 +121,3 @@ class DockerAPI:
             if resp.status not in (204, 404):
                 raise DockerError(await self._message(resp), resp.status)
 
-
-def uses_containerd_store(info: dict[str, Any]) -> bool:
-    return any(k == "driver-type" and v == "io.containerd.snapshotter.v1" for k, v in info.get("DriverStatus") or [])

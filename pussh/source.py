@@ -95,37 +95,35 @@ async def open_source(ref: R.Reference, *, socket_flag: str | None = None, names
                       docker_host: str | None = None, registry_image: str | None = None) -> ImageSource:
     """Choose the local reader: containerd's content store when Docker uses it (or when no Docker
     answers), Docker's export when Docker keeps the classic store."""
-    from .dockerapi import DockerAPI, DockerError, uses_containerd_store
-    from .source_classic import ClassicSource
+    from .dockerinfo import docker_info, uses_containerd_store
 
     socket = containerd_address(socket_flag)
     namespace = containerd_namespace(namespace_flag)
-    docker = DockerAPI(docker_host)
-    try:
-        info = await docker.info()
-    except DockerError:
-        info = None
+    info = await docker_info(docker_host)
     if info is not None and not uses_containerd_store(info):
+        from .dockerapi import DockerAPI
+        from .source_classic import ClassicSource
+        docker = DockerAPI(docker_host)
         try:
             return await ClassicSource.open(docker, ref)
         except BaseException:
             await docker.close()
             raise
     try:
+        return await ContainerdSource.open(ref, socket, namespace)
+    except NoAccess as err:
+        if info is None or not registry_image:
+            raise PusshError(f"cannot read local images: {err}, and no Docker daemon answers") from None
+    # In the docker group but not allowed on containerd's socket: read through a helper container.
+    from .dockerapi import DockerAPI
+    from .source_helper import HelperSource, NoHelperImage
+    docker = DockerAPI(docker_host)
+    try:
         try:
-            source: ImageSource = await ContainerdSource.open(ref, socket, namespace)
-        except NoAccess as err:
-            if info is None or not registry_image:
-                raise PusshError(f"cannot read local images: {err}, and no Docker daemon answers") from None
-            # In the docker group but not allowed on containerd's socket: read through a helper container.
-            from .source_helper import HelperSource, NoHelperImage
-            try:
-                return await HelperSource.open(docker, ref, registry_image, socket, namespace, repository_path(ref))
-            except NoHelperImage:
-                from .source_save import SaveSource  # the last resort: the whole image through docker save
-                return await SaveSource.open(docker, ref)
+            return await HelperSource.open(docker, ref, registry_image, socket, namespace, repository_path(ref))
+        except NoHelperImage:
+            from .source_save import SaveSource  # the last resort: the whole image through docker save
+            return await SaveSource.open(docker, ref)
     except BaseException:
         await docker.close()
         raise
-    await docker.close()
-    return source
