@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from ctrd import Containerd, Descriptor, errors
-from ctrd.labels import DISTRIBUTION_SOURCE, GC_REF_CONTENT, UNCOMPRESSED, gc_refs
+from ctrd import imagestore
+from ctrd.imagestore import LABEL_MEDIA_TYPE
+from ctrd.labels import GC_REF_CONTENT
 from oci import digest as D
 from oci import manifest as M
 from oci import mediatypes as MT
@@ -42,13 +44,11 @@ from .ingest import Ingest, write_channel
 log = logging.getLogger("pussh.registry.storage")
 
 MANIFEST_LIMIT = 4 << 20
-LABEL_MEDIA_TYPE = "pussh.registry.mediatype"
 LABEL_SUBJECT = "pussh.registry.subject"
 LABEL_ARTIFACT_TYPE = "pussh.registry.artifacttype"
 UNTAGGED_LEASE = "pussh-registry-untagged"
 UPLOAD_PREFIX = "pussh-upload-"
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}\Z")
-CONFIG_TYPES = frozenset({MT.OCI_CONFIG, MT.DOCKER_CONFIG})
 # Layers a registry is not expected to hold (Windows foreign layers): not required to exist.
 NONDISTRIBUTABLE = ("application/vnd.docker.image.rootfs.foreign.", "application/vnd.oci.image.layer.nondistributable.")
 SESSION_IDLE = 30.0  # seconds an upload's open write stream may sit unused before it is ended
@@ -74,8 +74,7 @@ class Manifest:
 
 
 def image_name(repo: str, tag: str) -> str:
-    domain, path = R.split_domain(repo)
-    return f"{domain}/{path}:{tag}"
+    return imagestore.image_name(*R.split_domain(repo), tag)
 
 
 def repository_of(name: str) -> tuple[str, str] | None:
@@ -452,9 +451,7 @@ class Storage:
                 await self._check_child(d)
             await self._label_children(parsed, domain, path)
 
-            labels = gc_refs(parsed.raw, parsed.is_index)
-            labels[LABEL_MEDIA_TYPE] = parsed.media_type
-            labels[f"{DISTRIBUTION_SOURCE}.{domain}"] = path
+            labels = imagestore.manifest_labels(parsed, domain, path)
             if parsed.subject is not None:
                 labels[LABEL_SUBJECT] = parsed.subject.digest
                 labels[LABEL_ARTIFACT_TYPE] = parsed.artifact_type
@@ -491,39 +488,23 @@ class Storage:
         return await self.ctr.content.exists(d.digest)
 
     async def _label_children(self, parsed: M.Parsed, domain: str, path: str) -> None:
-        """Layers get their diffID (`containerd.io/uncompressed`, from the config's rootfs, by
-        index) and every child the distribution source, as containerd's own pull sets them."""
-        source_key = f"{DISTRIBUTION_SOURCE}.{domain}"
-        diff_ids: list[str] = []
-        if parsed.config is not None and parsed.config.media_type in CONFIG_TYPES:
-            try:
-                config = json.loads(await self.ctr.content.read_all(parsed.config.digest, limit=MANIFEST_LIMIT))
-                ids = config.get("rootfs", {}).get("diff_ids") or []
-                if isinstance(ids, list) and len(ids) == len(parsed.layers) and all(isinstance(i, str) for i in ids):
-                    diff_ids = ids
-            except (ValueError, UnicodeDecodeError, AttributeError, errors.ContainerdError):
-                diff_ids = []  # not an image config we understand: label what we can
+        """Layers get their diffID and every child the distribution source, as containerd's own
+        pull sets them (ctrd.imagestore, shared with pussh's direct path)."""
+        config = None
+        if parsed.config is not None:
+            with contextlib.suppress(errors.ContainerdError):
+                config = await self.ctr.content.read_all(parsed.config.digest, limit=MANIFEST_LIMIT)
 
-        async def label(d: M.Desc, diff_id: str | None) -> None:
+        async def label(digest: str, diff_id: str | None) -> None:
             try:
-                info = await self.ctr.content.info(d.digest)
+                info = await self.ctr.content.info(digest)
             except errors.NotFound:
                 return
-            want: dict[str, str] = {}
-            sources = [s for s in info.labels.get(source_key, "").split(",") if s]
-            if path not in sources:
-                want[source_key] = ",".join(sources + [path])
-            if diff_id and D.is_valid(diff_id) and info.labels.get(UNCOMPRESSED) != diff_id:
-                want[UNCOMPRESSED] = diff_id
+            want = imagestore.missing_labels(info.labels, domain, path, diff_id)
             if want:
-                await self.ctr.content.set_labels(d.digest, want)
+                await self.ctr.content.set_labels(digest, want)
 
-        todo: dict[str, tuple[M.Desc, str | None]] = {}  # each distinct blob once
-        for i, d in enumerate(parsed.layers):
-            todo.setdefault(d.digest, (d, diff_ids[i] if diff_ids else None))
-        if parsed.config is not None:
-            todo.setdefault(parsed.config.digest, (parsed.config, None))
-        jobs = list(todo.values())
+        jobs = list(imagestore.child_labels(parsed, config).items())  # each distinct blob once
         for i in range(0, len(jobs), 32):
             await asyncio.gather(*(label(d, diff_id) for d, diff_id in jobs[i:i + 32]))
 
