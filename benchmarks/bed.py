@@ -28,6 +28,7 @@ from testbed._proc import ns_inode
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("PUSSH_BENCH_CACHE", "/var/cache/pussh-bench"))
 REGISTRY_IMAGE = "pussh-registry:bench"
+CRI_NAMESPACE = "k8s.io"  # where a Kubernetes node's containerd (store "none") keeps images
 # what goes into the registry image (Dockerfile COPYs these): the cached image tar is keyed by them
 REGISTRY_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "registry", "ctrd", "oci", "proto")
 _CLIENT_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACE", "SSH_AUTH_SOCK")
@@ -213,8 +214,24 @@ class Bed:
         return asyncio.run(read())
 
     # -- resetting a server ----------------------------------------------------------------------------
+    @staticmethod
+    def namespace(host) -> str:
+        """The containerd namespace the host's images live in."""
+        return CRI_NAMESPACE if host.store == "none" else "moby"
+
     def remove_images(self, remote: RemoteHost, keep: Sequence[str] = (REGISTRY_IMAGE,)) -> None:
         """Every image but `keep` off the server (content garbage-collected): a first push again."""
+        if remote.store == "none":  # no Docker: the bench images in CRI's namespace, and their leases
+            ns = CRI_NAMESPACE
+            # CRI keeps more records per image (REPO@DIGEST, and the image ID sha256:CONFIG): every name
+            # whose target is a bench image's goes
+            rows = [ln.split() for ln in self.remote_run(remote, "ctr", "-n", ns, "images", "ls", check=False)
+                    .stdout.decode().splitlines()[1:] if ln.strip()]
+            targets = {r[2] for r in rows if len(r) > 2 and "bench/" in r[0]}
+            ours = [r[0] for r in rows if len(r) > 2 and (r[2] in targets or "bench/" in r[0])]
+            if ours:
+                self.remote_run(remote, "ctr", "-n", ns, "images", "rm", "--sync", *ours, check=False)
+            return
         out = remote.docker("image", "ls", "-a", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}").stdout
         refs, ids = [], set()
         keep_ids = {remote.docker("image", "inspect", "--format", "{{.Id}}", k).stdout.strip() for k in keep
@@ -247,10 +264,11 @@ class Bed:
                               check=check, timeout=timeout, input=input)
 
     def content_count(self, remote: RemoteHost) -> int | None:
-        """Blobs in the server's containerd (namespace moby), to check that a reset emptied it."""
-        if remote.store != "containerd":
+        """Blobs in the server's containerd (namespace moby, or k8s.io on a node), to check that a reset
+        emptied it."""
+        if remote.store == "classic":
             return None
-        cp = self.remote_run(remote, "ctr", "-n", "moby", "content", "ls", "-q", check=False)
+        cp = self.remote_run(remote, "ctr", "-n", self.namespace(remote), "content", "ls", "-q", check=False)
         return len(cp.stdout.split()) if cp.returncode == 0 else None
 
     def wait_gc(self, remote: RemoteHost, timeout: float = 10) -> int | None:
@@ -259,10 +277,11 @@ class Bed:
         Every lease is dropped first (synchronous GC): pussh's registry holds uploaded blobs under its
         upload leases until they expire (registry/storage.py), so without this a removed image's blobs
         stay and the next "first push" sends nothing."""
-        if remote.store == "containerd":
-            cp = self.remote_run(remote, "ctr", "-n", "moby", "leases", "ls", "-q", check=False)
+        if remote.store != "classic":
+            ns = self.namespace(remote)
+            cp = self.remote_run(remote, "ctr", "-n", ns, "leases", "ls", "-q", check=False)
             for lid in cp.stdout.decode().split():
-                self.remote_run(remote, "ctr", "-n", "moby", "leases", "rm", "--sync", lid, check=False)
+                self.remote_run(remote, "ctr", "-n", ns, "leases", "rm", "--sync", lid, check=False)
         last, stable, deadline = None, 0, time.monotonic() + timeout
         while time.monotonic() < deadline:
             n = self.content_count(remote)
@@ -274,6 +293,47 @@ class Bed:
             last = n
             time.sleep(0.2)
         return last
+
+    def runnable(self, remote: RemoteHost, image: str) -> dict:
+        """On a node (store "none"), right after a push: is `image` unpacked (a committed snapshot for
+        every layer's chain ID), and how long `ctr run --rm IMAGE ID /bin/sh -c 'exit 0'` takes from there
+        (untimed for the push; the same for every method). Time until runnable = the push + any unpack still missing."""
+        ns = CRI_NAMESPACE
+        name = image if "." in image.split("/")[0] else f"docker.io/{image}"
+        out: dict = {"name": name}
+        ls = self.remote_run(remote, "ctr", "-n", ns, "images", "ls", check=False).stdout.decode().split("\n")
+        out["listed"] = any(ln.split()[:1] == [name] for ln in ls)
+        snaps = self.remote_run(remote, "ctr", "-n", ns, "snapshots", "ls", check=False).stdout.decode().splitlines()[1:]
+        committed = {ln.split()[0] for ln in snaps if ln.split() and ln.split()[-1] == "Committed"}
+        try:
+            from ctrd.unpack import chain_ids
+            diff_ids = self._diff_ids(remote, name)
+            out["unpacked"] = bool(diff_ids) and set(chain_ids(diff_ids)) <= committed
+        except Exception as e:  # noqa: BLE001
+            out["unpacked"] = None
+            out["unpack_error"] = str(e)[:200]
+        t0 = time.monotonic()
+        cp = self.remote_run(remote, "ctr", "-n", ns, "run", "--rm", name, "bench-runnable", "/bin/sh", "-c", "exit 0",
+                             check=False, timeout=120, input=b"")
+        out["run_seconds"] = round(time.monotonic() - t0, 3)
+        out["run_ok"] = cp.returncode == 0
+        if cp.returncode:
+            out["run_error"] = (cp.stderr or cp.stdout).decode(errors="replace")[-300:]
+        return out
+
+    def _diff_ids(self, remote: RemoteHost, name: str) -> list[str]:
+        """The image's diff IDs (config rootfs), read from the node's content store with ctr."""
+        ns = CRI_NAMESPACE
+
+        def get(digest: str) -> dict:
+            return json.loads(self.remote_run(remote, "ctr", "-n", ns, "content", "get", digest).stdout)
+        ls = self.remote_run(remote, "ctr", "-n", ns, "images", "ls").stdout.decode().splitlines()
+        target = next(ln.split()[2] for ln in ls if ln.split()[:1] == [name])
+        body = get(target)
+        if "manifests" in body:
+            m = next(m for m in body["manifests"] if m.get("platform", {}).get("architecture") == "amd64")
+            body = get(m["digest"])
+        return get(body["config"]["digest"])["rootfs"]["diff_ids"]
 
     def describe(self) -> dict:
         return {"locals": {k: repr(v) for k, v in self._locals.items()},

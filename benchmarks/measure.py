@@ -6,6 +6,10 @@
   +cutime+cstime from /proc/PID/stat before and after (cutime covers their reaped children: sshd's
   sessions and the `docker load`/`docker pull` CLIs they ran). Peak RSS of a long-lived registry:
   VmHWM after resetting it (`echo 5 > /proc/PID/clear_refs`) at the start.
+- Time to first byte on the wire: the server veths' counters, sampled every 5 ms from the start of
+  the push: `first_byte` = the first sample with any traffic (the SSH connect), `first_data` = the
+  moment the bytes passed DATA_MARK (128 kB: more than a whole no-op push, SSH handshake + probe +
+  HEADs, ~21 kB; i.e. image data flowing), interpolated between samples.
 - pussh's registry lives in a container started and removed within the push: it is found by name in
   /proc while the push runs and polled every 50 ms (VmHWM, CPU); at most one interval of its CPU at
   exit is missed.
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+DATA_MARK = 128_000  # bytes on the link after which image data is flowing (a no-op push is ~21 kB)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -197,6 +202,8 @@ class ProbeResult:
     daemons_cpu: dict[str, float] = field(default_factory=dict)
     delayer_cpu: float = 0.0
     machine_busy: float = 0.0  # share of the machine's CPUs busy (anyone's work) during the push
+    first_byte: float | None = None  # s from the start to the first byte on the link (either way)
+    first_data: float | None = None  # s from the start until DATA_MARK bytes crossed the link
     loadavg: float = 0.0
 
 
@@ -220,6 +227,9 @@ class Probe:
         self.watched: dict[tuple[int, int], Watched] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._wire: threading.Thread | None = None
+        self.first_byte: float | None = None
+        self.first_data: float | None = None
 
     def _ns(self, pid: int) -> int | None:
         try:
@@ -256,6 +266,19 @@ class Probe:
             if n % 4 == 0:  # new registry processes: a full /proc scan every 200 ms
                 self._scan(baseline=False)
 
+    def _sample_wire(self) -> None:
+        base = sum(self.l0)
+        prev_t, prev_n = self.t_start, 0
+        while not self._stop.wait(0.005):
+            t, n = time.monotonic(), sum(self.link()) - base
+            if n > 0 and self.first_byte is None:
+                self.first_byte = t - self.t_start  # some time in (prev_t, t]: the later bound
+            if n >= DATA_MARK:
+                f = (DATA_MARK - prev_n) / (n - prev_n) if n > prev_n else 1.0
+                self.first_data = prev_t - self.t_start + f * (t - prev_t)
+                return
+            prev_t, prev_n = t, n
+
     def start(self) -> "Probe":
         for pid in self.registry_pids:
             reset_hwm(pid)
@@ -268,17 +291,24 @@ class Probe:
         self.m0 = machine_cpu()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
+        self.t_start = time.monotonic()
+        self._wire = threading.Thread(target=self._sample_wire, daemon=True)
+        self._wire.start()
         return self
 
     def stop(self) -> ProbeResult:
         self._stop.set()
         if self._thread:
             self._thread.join()
+        if self._wire:
+            self._wire.join()
         for key in list(self.watched):
             self._watch(key[0], baseline=False)
         l1 = self.link()
         m1 = machine_cpu()
         r = ProbeResult(link_tx=l1[0] - self.l0[0], link_rx=l1[1] - self.l0[1])
+        r.first_byte = None if self.first_byte is None else round(self.first_byte, 3)
+        r.first_data = None if self.first_data is None else round(self.first_data, 3)
         r.daemons_cpu = {k: round((proc_cpu(p) or 0.0) - self.d0[k], 3) for k, p in self.daemons.items()}
         r.delayer_cpu = round(sum(proc_cpu(p) or 0.0 for p in self.delayers) - self.dl0, 3)
         for w in self.watched.values():

@@ -7,7 +7,13 @@ servers; `push` runs the real commands and returns what the client processes cos
 - registry: `docker push` through an `ssh -L` tunnel to a distribution registry (Debian's
   docker-registry) listening on the server's 127.0.0.1:5000, then `docker pull` on the server over ssh
   (the tunnel's setup is inside the timing; the registry runs all the time, like a service)
-- pussh: `pussh --json -q -F CONFIG IMAGE HOST...`
+- pussh: `pussh --json -q -F CONFIG IMAGE HOST...` (--via auto: for the benchmark's root user the direct
+  path, into the server's containerd over a forwarded socket)
+- pussh-registry: the same with `--via registry` (a registry container per push: what a docker-group
+  user gets)
+- ctr-import: `docker save IMAGE | ssh HOST ctr -n k8s.io images import -`, for servers without Docker
+  (a Kubernetes node: containerd with CRI); ctr imports and unpacks
+Each method names the server stores it applies to (`stores`); a scenario runs the methods that apply.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bed import REGISTRY_IMAGE, REPO, Bed
+from .bed import CRI_NAMESPACE, REGISTRY_IMAGE, REPO, Bed
 from .measure import Client, Ran, run_client
 
 REGISTRY_PORT = 5000  # the distribution registry, on each server's own loopback
@@ -57,6 +63,7 @@ def free_port() -> int:
 class Method:
     name = ""
     label = ""
+    stores: tuple[str, ...] = ("containerd", "classic")  # the server stores it can push to
     registry_comm: str | None = None  # name of registry processes that appear during a push
 
     def __init__(self, bed: Bed, workdir: Path) -> None:
@@ -258,9 +265,32 @@ http:
         return out
 
 
+class CtrImport(Method):
+    name, label = "ctr-import", "docker save + ssh + ctr import"
+    stores = ("none",)
+
+    @staticmethod
+    def templates() -> list[str]:
+        return ["docker save IMAGE | ssh -F CONFIG HOST 'ctr -n k8s.io images import -'  # imports and unpacks"]
+
+    def push(self, local, image: str, remotes: Sequence) -> Outcome:
+        if len(remotes) != 1:
+            raise ValueError("ctr-import: one server at a time")
+        imp = shlex.quote(f"ctr -n {CRI_NAMESPACE} images import -")
+        script = (f"docker save {shlex.quote(image)} | ssh -F {shlex.quote(self.bed.ssh_config)} "
+                  f"{shlex.quote(self.bed.alias(remotes[0]))} {imp}")
+        r = run_client(["bash", "-o", "pipefail", "-c", script], self.bed.local_env(local), self.workdir, "ctr-import")
+        out = Outcome(r.seconds, True)
+        out.add(r)
+        out.commands = [script]
+        return out
+
+
 class Pussh(Method):
     name, label = "pussh", "pussh"
     registry_comm = "pussh-registry"
+    stores = ("containerd", "classic", "none")
+    via: str | None = None  # None: auto
 
     def __init__(self, bed: Bed, workdir: Path) -> None:
         super().__init__(bed, workdir)
@@ -271,18 +301,20 @@ class Pussh(Method):
     @staticmethod
     def templates() -> list[str]:
         return ["pussh --json -q -F CONFIG --registry-image pussh-registry:bench IMAGE HOST [HOST...]",
-                "(PUSSH_CACHE_DIR emptied before each first push: a classic-store client compresses again)"]
+                "(--via auto; PUSSH_CACHE_DIR emptied before each first push: a classic-store client compresses again)"]
 
     def prepare(self, remote) -> None:
-        self.bed.install_registry_image(remote)
+        if self.bed.store(remote) != "none":  # as on a server pussh has pushed to before (pussh-registry's)
+            self.bed.install_registry_image(remote)
 
     def reset(self, local, remotes: Sequence) -> None:
         super().reset(local, remotes)
         shutil.rmtree(self.cache, ignore_errors=True)
 
     def argv(self, image: str, remotes: Sequence, *extra: str) -> list[str]:
-        return [*self.argv0, "--json", "-q", "-F", self.bed.ssh_config, "--registry-image", REGISTRY_IMAGE, *extra,
-                image, *(self.bed.alias(r) for r in remotes)]
+        via = ["--via", self.via] if self.via else []
+        return [*self.argv0, "--json", "-q", "-F", self.bed.ssh_config, "--registry-image", REGISTRY_IMAGE, *via,
+                *extra, image, *(self.bed.alias(r) for r in remotes)]
 
     def env(self, local) -> dict[str, str]:
         return self.bed.local_env(local, PUSSH_CACHE_DIR=str(self.cache))
@@ -298,11 +330,23 @@ class Pussh(Method):
             except ValueError:
                 pass
         out.details["hosts"] = [{k: h.get(k) for k in ("host", "ok", "error", "blobs_sent", "blobs_skipped",
-                                                        "bytes_sent", "bytes_skipped", "seconds")} for h in hosts]
+                                                        "bytes_sent", "bytes_skipped", "seconds", "via", "namespace")}
+                                for h in hosts]
         if out.ok and (len(hosts) != len(remotes) or not all(h.get("ok") for h in hosts)):
             out.ok = False
             out.error = "; ".join(str(h.get("error")) for h in hosts if not h.get("ok")) or r.stderr[-600:]
         return out
 
 
-METHODS = {m.name: m for m in (SaveLoad, RegistryPath, Pussh)}
+class PusshRegistry(Pussh):
+    name, label = "pussh-registry", "pussh --via registry"
+    stores = ("containerd",)  # a classic-store server has no registry path (pussh loads there)
+    via = "registry"
+
+    @staticmethod
+    def templates() -> list[str]:
+        return ["pussh --json -q -F CONFIG --registry-image pussh-registry:bench --via registry IMAGE HOST [HOST...]",
+                "(a registry container started on the server per push: the path of a docker-group user)"]
+
+
+METHODS = {m.name: m for m in (SaveLoad, RegistryPath, PusshRegistry, Pussh, CtrImport)}

@@ -16,10 +16,14 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-METHOD_ORDER = ["save-load", "registry", "pussh"]
-METHOD_LABEL = {"save-load": "docker save/load over ssh", "registry": "registry path", "pussh": "pussh"}
-SCENARIO_ORDER = ["S1", "S2", "S3", "S4", "S5", "S6.1", "S6.2", "S6.3", "S7.1", "S7.2", "S7.3", "S8"]
-MAIN = ["S1", "S2", "S3", "S4", "S5", "S8"]
+METHOD_ORDER = ["save-load", "registry", "ctr-import", "pussh-registry", "pussh"]
+METHOD_LABEL = {"save-load": "docker save/load over ssh", "registry": "registry path",
+                "ctr-import": "docker save + ssh + ctr import", "pussh-registry": "pussh --via registry",
+                "pussh": "pussh"}
+REAL_SCENARIOS = [f"R{i}.{fam}" for fam in ("web", "data") for i in (1, 2, 3, 4)]
+SCENARIO_ORDER = ["S1", "S2", "S3", "S4", "S5", "S6.1", "S6.2", "S6.3", "S7.1", "S7.2", "S7.3", "S8", "K1", "K2",
+                  *REAL_SCENARIOS]
+MAIN = ["S1", "S2", "S3", "S4", "S5", "S8", "K2", *REAL_SCENARIOS]
 SHAPE_ORDER = ["unshaped", "shaped"]
 MB = 1e6
 
@@ -83,16 +87,48 @@ def image_info(data: dict, tag: str) -> dict | None:
 
 
 # -- targets -------------------------------------------------------------------------------------------------
+# The issues' targets, as data; `evaluate` measures each from the medians of the run(s).
+#   ratio:   `other` median seconds / `me` median seconds >= k, in `scenario` at `shape`
+#   floor:   pussh's seconds / (the image's compressed bytes / the shaped rate) <= k
+#   wire:    pussh's median time from start until image data crossed the link (veth) <= k seconds
+#   startup: median of `pussh --version` <= k seconds
+#   every:   pussh at least as fast as each of `others` in every scenario measured at `shape` (medians)
+#   cpu:     pussh's server CPU seconds below `other`'s in every scenario measured at `shape`
+#   bytes:   S2 link bytes < k; S3 link bytes within 5 % of the changed layer
+#   fanout:  S8 seconds / S1 seconds < k
+#   rss:     pussh's client peak RSS < k bytes, in every sample
+TARGETS = [
+    {"id": "D1", "kind": "ratio", "scenario": "S2", "shape": "unshaped", "other": "registry", "k": 1.4},
+    {"id": "D1", "kind": "ratio", "scenario": "S2", "shape": "shaped", "other": "registry", "k": 1.4},
+    {"id": "D2", "kind": "ratio", "scenario": "S3", "shape": "unshaped", "other": "registry", "k": 1.5},
+    {"id": "D2", "kind": "ratio", "scenario": "S3", "shape": "shaped", "other": "registry", "k": 1.3},
+    {"id": "D3", "kind": "floor", "scenario": "S1", "shape": "shaped", "k": 1.10},
+    {"id": "D4", "kind": "ratio", "scenario": "S1", "shape": "unshaped", "other": "registry", "k": 1.8},
+    {"id": "D5", "kind": "wire", "scenario": "S1", "shape": "unshaped", "k": 0.5},
+    {"id": "D5", "kind": "wire", "scenario": "S3", "shape": "unshaped", "k": 0.5},
+    {"id": "D6", "kind": "startup", "k": 0.15},
+    {"id": "D7", "kind": "every", "shape": "unshaped", "others": ["registry", "save-load", "ctr-import"]},
+    {"id": "D7", "kind": "every", "shape": "shaped", "others": ["registry", "save-load", "ctr-import"]},
+    {"id": "D8", "kind": "cpu", "shape": "unshaped", "other": "registry"},
+    {"id": "D8", "kind": "cpu", "shape": "shaped", "other": "registry"},
+    {"id": "D9", "kind": "rss", "k": 150e6},
+    {"id": "T5", "kind": "bytes", "scenario": "S2", "k": 100e3},
+    {"id": "T8", "kind": "bytes", "scenario": "S3", "k": 0.05},
+    {"id": "T9", "kind": "fanout", "k": 1.3},
+]
+NO_PROFILE = {"bytes", "rss", "cpu", "startup"}  # missing these is not a question of where pussh's time goes
+
+
 def evaluate(data: dict) -> list[dict]:
-    """Each target of the issue with its measured value (ratios of medians from the same run)."""
+    """Each target of TARGETS with its measured value (ratios of medians from the same run)."""
     c = cells(data)
     cfg = data["meta"].get("config", {})
     shapes = [s for s in SHAPE_ORDER if any(k[1] == s for k in c)]
     out: list[dict] = []
 
-    def t(tid, text, scenario, shape, measured, goal, ok, margin="", profile=True):
-        out.append({"id": tid, "text": text, "scenario": scenario, "shape": shape, "measured": measured,
-                    "goal": goal, "ok": ok, "margin": margin, "profile": profile})
+    def t(tg, text, scenario, shape, measured, goal, ok, margin=""):
+        out.append({"id": tg["id"], "text": text, "scenario": scenario, "shape": shape, "measured": measured,
+                    "goal": goal, "ok": ok, "margin": margin, "profile": tg["kind"] not in NO_PROFILE})
 
     def m(sc, sh, meth="pussh", key="seconds"):
         return med(c.get((sc, sh, meth), []), key)
@@ -102,64 +138,106 @@ def evaluate(data: dict) -> list[dict]:
         note = "" if same else " (different runs)"
         return med(cc.get(a, []), "seconds"), med(cc.get(b, []), "seconds"), note
 
-    if "shaped" in shapes and (p := m("S1", "shaped")) is not None:
-        info = image_info(data, "bench/app4:1")
-        bps = rate_bps(cfg.get("rate"))
-        if info and bps:
-            floor = info["total"] * 8 / bps
-            r = p / floor
-            t("T1", "S1 shaped: within 1.10x of the link floor (image bytes / rate)", "S1", "shaped",
-              f"{p:.2f} s = {r:.2f}x the floor {floor:.2f} s ({info['total'] / MB:.1f} MB)", "<= 1.10x",
-              r <= 1.10, f"{(r / 1.10 - 1) * 100:+.0f} % over the target" if r > 1.10 else "")
-    if "unshaped" in shapes and m("S1", "unshaped"):
-        for tid, other, k in (("T2", "save-load", 4.0), ("T3", "registry", 1.5)):
-            p, o, note = pair(("S1", "unshaped", "pussh"), ("S1", "unshaped", other))
-            if o and p:
-                r = o / p
-                t(tid, f"S1 unshaped: at least {k:g}x faster than {METHOD_LABEL[other]}", "S1", "unshaped",
-                  f"{r:.2f}x ({o:.2f} s vs {p:.2f} s){note}", f">= {k:g}x", r >= k,
-                  f"{(1 - r / k) * 100:.0f} % short (pussh would need {o / k:.2f} s)" if r < k else "")
-    for sh in shapes:
-        p, b = m("S2", sh), m("S2", sh, key="link_bytes")
-        if p is not None:
-            t("T4", "S2: under 1.5 s", "S2", sh, f"{p:.2f} s", "< 1.5 s", p < 1.5,
-              f"{p - 1.5:+.2f} s ({(p / 1.5 - 1) * 100:+.0f} %)" if p >= 1.5 else "")
-        if b is not None:
-            t("T5", "S2: under 100 KB on the link", "S2", sh, f"{b / 1e3:.1f} kB", "< 100 kB", b < 100e3,
-              f"{(b / 100e3 - 1) * 100:+.0f} %" if b >= 100e3 else "", profile=False)
-    if "shaped" in shapes and m("S3", "shaped"):
-        for tid, other, k in (("T6", "save-load", 5.0), ("T7", "registry", 1.0)):
-            p, o, note = pair(("S3", "shaped", "pussh"), ("S3", "shaped", other))
-            if o and p:
-                r = o / p
-                ok = r >= k if k > 1 else r > 1
-                t(tid, f"S3 shaped: {'at least 5x faster than' if k > 1 else 'faster than'} {METHOD_LABEL[other]}",
-                  "S3", "shaped", f"{r:.2f}x ({o:.2f} s vs {p:.2f} s){note}", f">= {k:g}x" if k > 1 else "> 1x", ok,
-                  "" if ok else f"{(1 - r / k) * 100:.0f} % short (pussh would need {o / k:.2f} s)")
-    info = image_info(data, "bench/app4:2")
-    for sh in shapes:
-        b = m("S3", sh, key="link_bytes")
-        if b is not None and info and info.get("changed_layer"):
-            ch = info["changed_layer"]
-            r = b / ch
-            # below 0.95x the layer did not cross the link: the server had it already (a bad reset)
-            t("T8", "S3: bytes on the link within 5 % of the changed layer", "S3", sh,
-              f"{b / MB:.2f} MB = {r:.3f}x the changed layer ({ch / MB:.2f} MB compressed)", "0.95x-1.05x",
-              0.95 <= r <= 1.05, f"{(r - 1.05) * 100:+.1f} points" if r > 1.05 else
-              ("the layer did not cross the link" if r < 0.95 else ""), profile=False)
-    for sh in shapes:
-        p8, p1, note = pair(("S8", sh, "pussh"), ("S1", sh, "pussh"))
-        if p8 and p1:
-            r = p8 / p1
-            t("T9", "S8: three servers in under 1.3x the time of one (S1)", "S8", sh,
-              f"{r:.2f}x ({p8:.2f} s vs {p1:.2f} s){note}", "< 1.3x", r < 1.3,
-              f"{(r / 1.3 - 1) * 100:+.0f} %" if r >= 1.3 else "")
-    rss = [(s["client_rss"], s["scenario"], s["shape"]) for s in data["samples"] if s["method"] == "pussh" and s["ok"]]
-    if rss:
-        worst = max(rss)
-        t("T10", "pussh client peak RSS under 150 MB, whatever the image", worst[1], worst[2],
-          f"max {worst[0] / MB:.0f} MB ({worst[1]}, {shape_label(data, worst[2])})", "< 150 MB", worst[0] < 150e6,
-          f"{(worst[0] / 150e6 - 1) * 100:+.0f} %" if worst[0] >= 150e6 else "", profile=False)
+    for tg in TARGETS:
+        kind, sc, k = tg["kind"], tg.get("scenario"), tg.get("k")
+        sh_list = [tg["shape"]] if "shape" in tg else shapes
+        for sh in sh_list:
+            if sh not in shapes:
+                continue
+            if kind == "ratio":
+                p, o, note = pair((sc, sh, "pussh"), (sc, sh, tg["other"]))
+                if o and p:
+                    r = o / p
+                    t(tg, f"{sc}: at least {k:g}x faster than {METHOD_LABEL[tg['other']]}", sc, sh,
+                      f"{r:.2f}x ({o:.2f} s vs {p:.2f} s){note}", f">= {k:g}x", r >= k,
+                      f"{(1 - r / k) * 100:.0f} % short (pussh would need {o / k:.2f} s)" if r < k else "")
+            elif kind == "floor":
+                p = m(sc, sh)
+                info = image_info(data, "bench/app4:1")
+                bps = rate_bps(cfg.get("rate"))
+                if p is not None and info and bps:
+                    floor = info["total"] * 8 / bps
+                    r = p / floor
+                    t(tg, f"{sc}: within {k:.2f}x of the link floor (image bytes / rate)", sc, sh,
+                      f"{p:.2f} s = {r:.2f}x the floor {floor:.2f} s ({info['total'] / MB:.1f} MB)", f"<= {k:.2f}x",
+                      r <= k, f"{(r / k - 1) * 100:+.0f} % over the target" if r > k else "")
+            elif kind == "wire":
+                v = m(sc, sh, key="first_data")
+                if v is not None:
+                    fb = m(sc, sh, key="first_byte")
+                    t(tg, f"{sc}: image data on the wire within {k:g} s of the start (server veth counters)", sc, sh,
+                      f"{v:.2f} s" + (f" (first packet at {fb:.2f} s)" if fb is not None else ""), f"<= {k:g} s",
+                      v <= k, f"{v - k:+.2f} s" if v > k else "")
+            elif kind == "every":
+                rows, worse = 0, []
+                for (scn, shn, me) in sorted(c):
+                    if shn != sh or me != "pussh" or (p := m(scn, sh)) is None:
+                        continue
+                    for other in tg["others"]:
+                        o = m(scn, sh, other)
+                        if o is None:
+                            continue
+                        rows += 1
+                        if p > o:
+                            worse.append(f"{scn} vs {METHOD_LABEL[other]} {p:.2f} s > {o:.2f} s")
+                if rows:
+                    t(tg, "pussh at least as fast as the registry path, save/load (and ctr import) in every scenario",
+                      "*", sh, f"{rows - len(worse)} of {rows} comparisons" + (": slower in " + "; ".join(worse)
+                                                                          if worse else ""),
+                      "all", not worse, f"{len(worse)} slower" if worse else "")
+            elif kind == "cpu":
+                rows, worse = 0, []
+                for (scn, shn, me) in sorted(c):
+                    if shn != sh or me != "pussh":
+                        continue
+                    p, o = m(scn, sh, key="server_cpu"), m(scn, sh, tg["other"], key="server_cpu")
+                    if p is None or o is None:
+                        continue
+                    rows += 1
+                    if not p < o:
+                        worse.append(f"{scn} {p:.2f} vs {o:.2f} CPU s")
+                if rows:
+                    t(tg, f"server CPU seconds per push below {METHOD_LABEL[tg['other']]}'s, every scenario", "*", sh,
+                      f"{rows - len(worse)} of {rows} scenarios" + (": not below in " + "; ".join(worse) if worse else ""),
+                      "all", not worse, f"{len(worse)} not below" if worse else "")
+            elif kind == "bytes" and sc == "S2":
+                b = m(sc, sh, key="link_bytes")
+                if b is not None:
+                    t(tg, f"S2: under {k / 1e3:g} kB on the link", sc, sh, f"{b / 1e3:.1f} kB", f"< {k / 1e3:g} kB",
+                      b < k, f"{(b / k - 1) * 100:+.0f} %" if b >= k else "")
+            elif kind == "bytes" and sc == "S3":
+                b = m(sc, sh, key="link_bytes")
+                info = image_info(data, "bench/app4:2")
+                if b is not None and info and info.get("changed_layer"):
+                    ch = info["changed_layer"]
+                    r = b / ch
+                    # below 0.95x the layer did not cross the link: the server had it already (a bad reset)
+                    t(tg, "S3: bytes on the link within 5 % of the changed layer", sc, sh,
+                      f"{b / MB:.2f} MB = {r:.3f}x the changed layer ({ch / MB:.2f} MB compressed)",
+                      f"{1 - k:.2f}x-{1 + k:.2f}x", 1 - k <= r <= 1 + k,
+                      f"{(r - 1 - k) * 100:+.1f} points" if r > 1 + k else
+                      ("the layer did not cross the link" if r < 1 - k else ""))
+            elif kind == "fanout":
+                p8, p1, note = pair(("S8", sh, "pussh"), ("S1", sh, "pussh"))
+                if p8 and p1:
+                    r = p8 / p1
+                    t(tg, f"S8: three servers in under {k:g}x the time of one (S1)", "S8", sh,
+                      f"{r:.2f}x ({p8:.2f} s vs {p1:.2f} s){note}", f"< {k:g}x", r < k,
+                      f"{(r / k - 1) * 100:+.0f} %" if r >= k else "")
+        if kind == "startup":
+            st = data.get("startup") or {}
+            if st.get("seconds"):
+                v = statistics.median(st["seconds"])
+                t(tg, f"`pussh --version` in at most {k:g} s (median of {len(st['seconds'])})", "-", "unshaped",
+                  f"{v:.3f} s", f"<= {k:g} s", v <= k, f"{v - k:+.3f} s" if v > k else "")
+        elif kind == "rss":
+            rss = [(s["client_rss"], s["scenario"], s["shape"]) for s in data["samples"]
+                   if s["method"] == "pussh" and s["ok"]]
+            if rss:
+                worst = max(rss)
+                t(tg, f"pussh client peak RSS under {k / MB:g} MB, whatever the image", worst[1], worst[2],
+                  f"max {worst[0] / MB:.0f} MB ({worst[1]}, {shape_label(data, worst[2])})", f"< {k / MB:g} MB",
+                  worst[0] < k, f"{(worst[0] / k - 1) * 100:+.0f} %" if worst[0] >= k else "")
     return out
 
 
@@ -168,14 +246,17 @@ def fmt_cell(samples: list[dict]) -> dict[str, str]:
     ok = [s for s in samples if s["ok"]]
     bad = len(samples) - len(ok)
     if not ok:
-        return {"time": f"FAILED ({bad}/{len(samples)})", "link": "", "crss": "", "rrss": "", "cpu": "", "n": "0"}
+        return {"time": f"FAILED ({bad}/{len(samples)})", "link": "", "crss": "", "rrss": "", "cpu": "", "n": "0",
+                "wire": ""}
     secs = [s["seconds"] for s in ok]
     time_s = f"**{statistics.median(secs):.2f}** ({min(secs):.2f}-{max(secs):.2f})"
     if bad:
         time_s += f", {bad} failed"
     link = med(ok, "link_bytes") or 0
     rr = max(s["registry_rss"] for s in ok)
+    fd = med(ok, "first_data")
     return {
+        "wire": "-" if fd is None else f"{fd:.2f}",
         "time": time_s,
         "link": f"{link / MB:.1f} MB" if link >= 1e5 else f"{link / 1e3:.0f} kB",
         "crss": f"{max(s['client_rss'] for s in ok) / MB:.0f}",
@@ -195,9 +276,9 @@ def results_tables(data: dict) -> list[str]:
         if not rows:
             continue
         L += [f"### {shape_label(data, sh)}", "",
-              "| scenario | method | seconds: median (range) | on the link | client peak RSS MB | registry peak RSS MB "
-              "| CPU s: client / server / local daemons | runs |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| scenario | method | seconds: median (range) | on the link | data on the wire at s "
+              "| client peak RSS MB | registry peak RSS MB | CPU s: client / server / local daemons | runs |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         last = None
         for sc, me in rows:
             f = fmt_cell(c[(sc, sh, me)])
@@ -206,7 +287,8 @@ def results_tables(data: dict) -> list[str]:
             name = f"{sc} {scen.get(sc, '')}" if sc != last else ""
             last = sc
             lab = f"**{METHOD_LABEL[me]}**" if me == "pussh" else METHOD_LABEL[me]
-            L.append(f"| {name} | {lab} | {f['time']} | {f['link']} | {f['crss']} | {f['rrss']} | {f['cpu']} | {f['n']} |")
+            L.append(f"| {name} | {lab} | {f['time']} | {f['link']} | {f['wire']} | {f['crss']} | {f['rrss']} | "
+                     f"{f['cpu']} | {f['n']} |")
         L.append("")
         ratio_rows = []
         for sc in SCENARIO_ORDER:
@@ -214,7 +296,7 @@ def results_tables(data: dict) -> list[str]:
             if not p:
                 continue
             parts = []
-            for me in ("save-load", "registry"):
+            for me in ("save-load", "registry", "ctr-import", "pussh-registry"):
                 o = med(c.get((sc, sh, me), []), "seconds")
                 if o:
                     parts.append(f"{o / p:.2f}x vs {METHOD_LABEL[me]}")
@@ -222,7 +304,32 @@ def results_tables(data: dict) -> list[str]:
                 ratio_rows.append(f"{sc} {', '.join(parts)}")
         if ratio_rows:
             L += ["pussh's speed-up (ratio of medians; above 1 = pussh faster): " + "; ".join(ratio_rows) + ".", ""]
-    return L
+    return L + node_table(data)
+
+
+def node_table(data: dict) -> list[str]:
+    """The Kubernetes-like node: time and bytes, and the time until the image is runnable."""
+    c = cells(data)
+    rows = []
+    for sh in SHAPE_ORDER:
+        for sc in ("K1", "K2"):
+            for me in METHOD_ORDER:
+                ok = [s for s in c.get((sc, sh, me), []) if s["ok"] and s.get("runnable")]
+                if not ok:
+                    continue
+                unp = [x.get("unpacked") for s in ok for x in s["runnable"]]
+                rows.append(f"| {sc} | {shape_label(data, sh)} | {METHOD_LABEL[me]} | {med(ok, 'seconds'):.2f} | "
+                            f"{med(ok, 'link_bytes') / MB:.1f} MB | {med(ok, 'runnable_seconds'):.2f} | "
+                            f"{'yes' if all(unp) else ('no' if not any(unp) else 'some runs')} | "
+                            f"{statistics.median(x['run_seconds'] for s in ok for x in s['runnable']):.2f} | {len(ok)} |")
+    if not rows:
+        return []
+    return ["### Kubernetes-like node (containerd with CRI, no Docker)", "",
+            "Runnable = the push's wall time when every layer is unpacked into the snapshotter when it ends "
+            "(a committed snapshot per chain ID, checked right after), else plus the `ctr run` that unpacks "
+            "first. `ctr run --rm` of the image afterwards (untimed for the push) proves it runs.", "",
+            "| scenario | shape | method | seconds (median) | on the link | runnable after s | unpacked at the end "
+            "| ctr run --rm s | runs |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
 
 
 def _frame(f: str) -> str:
@@ -337,8 +444,8 @@ def why(data: dict, targets: list[dict]) -> list[str]:
         facts = []
         if "diffed" in at:
             facts.append(f"in its profiled run pussh sent its first byte {at['diffed']:.2f} s after it started "
-                         f"(start-up + SSH connect + server probe {at.get('probe', 0):.2f} s, then the registry "
-                         f"container and the HEADs {at['diffed'] - at.get('probe', 0):.2f} s)"
+                         f"(start-up + SSH connect + server probe {at.get('probe', 0):.2f} s, then the path's "
+                         f"set-up and the blob checks {at['diffed'] - at.get('probe', 0):.2f} s)"
                          + (f"; `pussh --version` alone takes {startup:.2f} s" if startup else ""))
         if "diffed" in at and "last_blob" in at and need:
             tr = at["last_blob"] - at["diffed"]
@@ -360,13 +467,13 @@ def why(data: dict, targets: list[dict]) -> list[str]:
     seen: set[tuple[str, str]] = set()
     said: dict[tuple[str, ...], str] = {}
     for tg in targets:
-        if tg["ok"] is not False or (tg["id"], tg["shape"]) in seen:
+        if tg["ok"] is not False or (tg["id"], tg["shape"], tg["scenario"]) in seen:
             continue
-        seen.add((tg["id"], tg["shape"]))
+        seen.add((tg["id"], tg["shape"], tg["scenario"]))
         sc, sh = tg["scenario"], tg["shape"]
         facts: list[str] = []
         info1, info2 = image_info(data, "bench/app4:1"), image_info(data, "bench/app4:2")
-        if tg["id"] in ("T1", "T2", "T3"):
+        if sc == "S1":
             facts += fixed_and_transfer("S1", sh, info1["total"] if info1 else None)
             for me in METHOD_ORDER:
                 r, cpu = rate("S1", sh, me), mm("S1", sh, me, "cpu")
@@ -376,7 +483,7 @@ def why(data: dict, targets: list[dict]) -> list[str]:
                                     f", {cpu:.1f} CPU s in all (client {mm('S1', sh, me, 'client_cpu'):.1f}, server "
                                     f"{mm('S1', sh, me, 'server_cpu'):.1f}, local daemons "
                                     f"{mm('S1', sh, me, 'local_daemons_cpu'):.1f})"))
-        elif tg["id"] == "T4":
+        elif sc == "S2":
             inner = [max((h.get("seconds") or 0) for h in s["details"].get("hosts", [{}])) for s in c.get((sc, sh, "pussh"), [])
                      if s["ok"] and s.get("details", {}).get("hosts")]
             if inner:
@@ -384,9 +491,9 @@ def why(data: dict, targets: list[dict]) -> list[str]:
                              "the rest of the wall time is start-up, reading the local image's index and exit")
             if startup:
                 facts.append(f"`pussh --version` alone (interpreter, imports, click) takes {startup:.2f} s")
-        elif tg["id"] in ("T6", "T7"):
+        elif sc == "S3":
             facts += fixed_and_transfer("S3", sh, info2.get("changed") if info2 else None)
-            for me in ("registry", "save-load"):
+            for me in ("registry", "pussh-registry", "save-load"):
                 v = mm("S3", sh, me, "seconds")
                 if v:
                     facts.append(f"{METHOD_LABEL[me]} took {v:.2f} s in all")
@@ -404,7 +511,7 @@ def why(data: dict, targets: list[dict]) -> list[str]:
                                 if hosts and hosts[0] else ""))
             facts.append("client and servers share the machine's cores: three servers' sshd/containerd/registry "
                          "work lands on the same CPUs as the client's")
-        elif tg["id"] == "T10":
+        elif tg["id"] == "D9":
             by = defaultdict(list)
             for s in data["samples"]:
                 if s["method"] == "pussh" and s["ok"]:
@@ -552,8 +659,11 @@ def write_markdown(data: dict, json_name: str) -> str:
           "the machine's CPU busy (anyone's work) during each push.", ""]
     imgs = meta.get("images", {})
     if imgs:
-        L += ["## Images (FROM scratch, built by `testbed.build_test_images`)", ""]
-        for d in imgs.values():
+        synth = {k: d for k, d in imgs.items() if "sizes_mb" in d}
+        real = {k: d for k, d in imgs.items() if "layers" in d}
+        if synth:
+            L += ["## Images (FROM scratch, built by `testbed.build_test_images`)", ""]
+        for d in synth.values():
             for tag, info in (d.get("tags") or {}).items():
                 if not info:
                     continue
@@ -563,6 +673,30 @@ def write_markdown(data: dict, json_name: str) -> str:
                          f"MB random + {d['text_mb']:g} MB text each: {1 + len(d['sizes_mb'])} layers, "
                          f"{info['total'] / MB:.1f} MB compressed in all{extra}")
         L.append("")
+        for fam, d in real.items():
+            L += [f"### `{fam}`: {d['what']}", "",
+                  "Built here by `benchmarks/realimages.py` (debootstrap + `docker import` base; `pip install` "
+                  f"of {', '.join(d['deps'])}; `dep2` adds {d['added']}). Layers as the benchmark read them from "
+                  "the client's containerd store:", "",
+                  "| tag | layer | compressed | uncompressed | files | new against |", "| --- | --- | --- | --- | --- | --- |"]
+            seen_l: set[str] = set()
+            for tag, info in d["tags"].items():
+                ref = {"1": "base", "app2": "1", "dep2": "1"}.get(tag.rsplit(":", 1)[1])
+                ref_l = {x for x, _ in d["tags"].get(f"{tag.rsplit(':', 1)[0]}:{ref}", {}).get("layers", [])} if ref else set()
+                for i, (dg, _) in enumerate(info["layers"]):
+                    ly = d["layers"][dg]
+                    new = f"new against `:{ref}`" if ref and dg not in ref_l else ""
+                    same = "" if dg not in seen_l else " (as above)"
+                    seen_l.add(dg)
+                    L.append(f"| `{tag}` | {i + 1} `{dg[7:19]}`{same} | {ly['compressed'] / MB:.2f} MB | "
+                             f"{ly['uncompressed'] / MB:.2f} MB | {ly['files']} | {new} |")
+                L.append(f"| `{tag}` | all ({len(info['layers'])} layers + config, manifest, index) | "
+                         f"{info['total'] / MB:.2f} MB | "
+                         f"{sum(d['layers'][x]['uncompressed'] for x, _ in info['layers']) / MB:.2f} MB | "
+                         f"{sum(d['layers'][x]['files'] for x, _ in info['layers'])} | "
+                         + (f"{info['changed'] / MB:.2f} MB to send against `:{ref}`" if ref and "changed" in info else "")
+                         + " |")
+            L.append("")
     L += ["## What each method runs", ""]
     for me in METHOD_ORDER:
         if me in meta.get("commands", {}):
@@ -632,9 +766,10 @@ def write_chart(data: dict, png: Path) -> None:
 
     c = cells(data)
     shapes = [sh for sh in SHAPE_ORDER if any(k[1] == sh for k in c)] or ["unshaped"]
-    colors = {"save-load": "#9a9a9a", "registry": "#4c72b0", "pussh": "#dd8452"}
-    fig, axes = plt.subplots(1, len(shapes), figsize=(6.5 * len(shapes), 4.8), squeeze=False)
-    for ax, sh in zip(axes[0], shapes, strict=False):
+    colors = {"save-load": "#9a9a9a", "registry": "#4c72b0", "ctr-import": "#55a868", "pussh-registry": "#8172b3",
+              "pussh": "#dd8452"}
+    fig, axes = plt.subplots(len(shapes), 1, figsize=(14, 4.6 * len(shapes)), squeeze=False)
+    for ax, sh in zip(axes[:, 0], shapes, strict=False):
         scen = [sc for sc in MAIN if any((sc, sh, me) in c for me in METHOD_ORDER)]
         w = 0.8 / len(METHOD_ORDER)
         for i, me in enumerate(METHOD_ORDER):
@@ -653,13 +788,13 @@ def write_chart(data: dict, png: Path) -> None:
                 for x, y in zip(xs, ys, strict=True):
                     ax.text(x, y * 1.1, f"{y:.1f}" if y >= 1 else f"{y:.2f}", ha="center", fontsize=7)
         ax.set_xticks(range(len(scen)))
-        ax.set_xticklabels(scen)
+        ax.set_xticklabels(scen, fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("seconds (median; bars: range; log scale)")
         ax.set_title(shape_label(data, sh))
         ax.grid(axis="y", alpha=0.3, which="both")
     fig.suptitle("S1 first push (4 layers, ~320 MB)  S2 again  S3 last layer changed  S4 20 layers  "
-                 "S5 one 1 GiB layer  S8 three servers", fontsize=9)
+                 "S5 one 1 GiB layer  S8 three servers  K2 S3 to a Kubernetes node  R1-R4 web/data", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))

@@ -1,9 +1,10 @@
-"""pussh against `docker save | ssh | docker load` and against the registry path (`docker push` through
-`ssh -L` + `docker pull`), side by side, on the real two-host test bed. Writes the raw measurements
+"""pussh (`--via auto`: direct for root; and `--via registry`) against `docker save | ssh | docker load`
+and against the registry path (`docker push` through `ssh -L` + `docker pull`), side by side, on the
+real two-host test bed; to a Kubernetes-like node against `docker save | ssh | ctr images import`. Writes the raw measurements
 to benchmarks/out/<time>.json, then benchmarks/RESULTS.md and benchmarks/results.png from them.
 
-    sudo .venv/bin/python -m benchmarks.run                # everything: S1-S8, 3 runs, unshaped + 200 Mbit/s 20 ms RTT
-    sudo .venv/bin/python -m benchmarks.run --quick        # S1-S3, 2 runs, both shapes (--runs 1 took 4.7 min here)
+    sudo .venv/bin/python -m benchmarks.run                # everything: S1-S8, K, web, data; 3 runs, unshaped + 200 Mbit/s 20 ms RTT
+    sudo .venv/bin/python -m benchmarks.run --quick        # S1-S3, K1-K2, R1-R3 on web; 1 run; both shapes
     sudo .venv/bin/python -m benchmarks.run --scenarios S1,S3 --runs 5 --shapes shaped
     sudo .venv/bin/python -m benchmarks.run --quick --runs 1 --scale 0.05 --no-report   # smoke test
     .venv/bin/python -m benchmarks.report benchmarks/out/<time>.json                # tables + chart again
@@ -11,9 +12,16 @@ to benchmarks/out/<time>.json, then benchmarks/RESULTS.md and benchmarks/results
 Scenarios: S1 first push of a ~320 MB 4-layer image; S2 the same again; S3 only the last ~50 MB layer
 changed; S4 a 20-layer image; S5 a single 1 GiB layer; S6.1-3 = S1-S3 to a server with Docker's classic
 store; S7.1-3 = S1-S3 from a client with Docker's classic store; S8 S1 to three servers at once.
-Before each first push (S1, S4, S5, S6.1, S7.1, S8) the servers are reset: every bench image removed
-(and containerd's garbage collection waited for), the distribution registry emptied, pussh's layer
-cache emptied. Methods are interleaved run by run, in rotating order.
+K1/K2: S1/S3 to a Kubernetes-like node (containerd with CRI, no Docker): pussh against
+`docker save | ssh node ctr -n k8s.io images import -`, with the time until the image is runnable.
+R1-R4 on two realistic images (benchmarks/realimages.py: `web`, `data`; scenario ids R1.web ...):
+R1 first push to a server that has the Debian base; R2 the application code changed; R3 one dependency
+added (the dependency layer rebuilt); R4 first push to an empty server.
+Before each first push (S1, S4, S5, S6.1, S7.1, S8, K1, R1, R4) the servers are reset: every bench
+image removed (and containerd's garbage collection waited for), the distribution registry emptied,
+pussh's layer cache emptied; for R1 the base image is then pushed (untimed) by the same method.
+Methods are interleaved run by run, in rotating order; each scenario runs the methods that apply to
+its server (save-load, registry, pussh-registry: servers with Docker; ctr-import: the node).
 """
 from __future__ import annotations
 
@@ -32,7 +40,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .bed import REPO, Bed
+from . import realimages
+from .bed import CACHE, REPO, Bed
 from .measure import Probe, children_of, kill_all, run_client
 from .methods import METHODS, Method, Pussh
 
@@ -54,6 +63,7 @@ IMAGES = {
     "app4": ImageSpec("app4", (150, 100, 50), 3, 2),       # busybox + 3 layers, ~320 MB
     "app20": ImageSpec("app20", (15,) * 19, 1, 1),         # busybox + 19 layers, ~310 MB
     "app1g": ImageSpec("app1g", (1024,), 0, 1),             # busybox + one 1 GiB layer
+    **realimages.REAL,                                       # web, data: tags base, 1, app2, dep2
 }
 
 
@@ -64,7 +74,7 @@ class Group:
     local_store: str
     remotes: tuple[tuple[str, str], ...]  # (bed key, store)
     image: str
-    steps: tuple[tuple[str, int], ...]  # (scenario id, image variant)
+    steps: tuple[tuple[str, int | str], ...]  # (scenario id, image variant); "_..." = untimed preparation
 
 
 GROUPS = [
@@ -76,6 +86,11 @@ GROUPS = [
     Group("classic-client", "classic", (("a", "containerd"),), "app4", (("S7.1", 1), ("S7.2", 1), ("S7.3", 2))),
     Group("three-servers", "containerd", (("a", "containerd"), ("b", "containerd"), ("c", "containerd")), "app4",
           (("S8", 1),)),
+    Group("node", "containerd", (("k", "none"),), "app4", (("K1", 1), ("K2", 2))),
+    *(g for fam in ("web", "data") for g in (
+        Group(fam, "containerd", (("a", "containerd"),), fam,
+              (("_base", "base"), (f"R1.{fam}", "1"), (f"R2.{fam}", "app2"), (f"R3.{fam}", "dep2"))),
+        Group(f"{fam}-empty", "containerd", (("a", "containerd"),), fam, ((f"R4.{fam}", "1"),)))),
 ]
 SCENARIOS = {
     "S1": "first push, 4 layers (~320 MB)", "S2": "the same push again",
@@ -84,7 +99,20 @@ SCENARIOS = {
     "S6.3": "classic-store server: last layer changed", "S7.1": "classic-store client: first push",
     "S7.2": "classic-store client: again", "S7.3": "classic-store client: last layer changed",
     "S8": "first push to three servers at once",
+    "K1": "Kubernetes-like node (no Docker): first push", "K2": "Kubernetes-like node: last layer changed",
+    **{f"R{i}.{fam}": f"{fam}: {what}" for fam in ("web", "data") for i, what in (
+        (1, "first push, the server has the base"), (2, "application code changed"),
+        (3, "one dependency added"), (4, "first push to an empty server"))},
 }
+
+
+def selected(scenario: str, want: set[str]) -> bool:
+    """`want` holds ids (S6.1, R1.web), prefixes (S6, R1, K) or image families (web, data)."""
+    if scenario.startswith("_"):
+        return False
+    s = scenario.lower()
+    head, _, fam = s.partition(".")
+    return s in want or head in want or (head[:1] in "kr" and (head[:1] in want or fam in want))
 
 
 class Runner:
@@ -105,11 +133,15 @@ class Runner:
     # -- set-up --------------------------------------------------------------------------------------
     def groups(self) -> list[Group]:
         want = set(self.a.scenarios)
-        return [g for g in GROUPS if any(s.split(".")[0] in want or s in want for s, _ in g.steps)]
+        return [g for g in GROUPS if any(selected(s, want) for s, _ in g.steps)]
 
-    def steps(self, g: Group) -> list[tuple[str, int]]:
+    def group_methods(self, g: Group) -> list[Method]:
+        """The chosen methods that can push to every server of the group."""
+        return [m for m in self.methods.values() if all(store in m.stores for _, store in g.remotes)]
+
+    def steps(self, g: Group) -> list[tuple[str, int | str]]:
         want = set(self.a.scenarios)
-        chosen = [(s, v) for s, v in g.steps if s in want or s.split(".")[0] in want]
+        chosen = [(s, v) for s, v in g.steps if selected(s, want)]
         # a later step needs the earlier ones (S3 starts from S1's result): keep the prefix
         last = max(g.steps.index(x) for x in chosen)
         return list(g.steps[:last + 1])
@@ -135,6 +167,11 @@ class Runner:
             built.add((g.local_store, g.image))
             local = self.bed.local(g.local_store)
             t = time.monotonic()
+            if isinstance(spec, realimages.RealImage):
+                tags = realimages.build(local, spec, CACHE, log=self.log)
+                self.log(f"setup: {', '.join(tags)} ready in {time.monotonic() - t:.1f}s")
+                images[g.image] = self.real_info(local, spec, tags)
+                continue
             names = {spec.tag(v): v for v in range(1, spec.variants + 1)}
             self.bed.build_images(local, names, self.sizes(spec), seed=f"bench-{g.image}", text_mb=spec.text_mb)
             self.log(f"setup: built {', '.join(names)} on the {g.local_store}-store client "
@@ -156,7 +193,8 @@ class Runner:
         self.data["meta"]["images"] = images
         for m in self.methods.values():
             for r in self.bed.remotes():
-                m.prepare(r)
+                if self.bed.store(r) in m.stores:
+                    m.prepare(r)
         # warm-up (unmeasured): every method once to every server from every client, tiny image
         for store in sorted({g.local_store for g in groups}):
             local = self.bed.local(store)
@@ -165,11 +203,32 @@ class Runner:
             remotes = list({r.alias: r for r in remotes}.values())
             for m in self.methods.values():
                 for r in remotes:
+                    if self.bed.store(r) not in m.stores:
+                        continue
                     o = m.push(local, "bench/warm:1", [r])
                     if not o.ok:
                         raise RuntimeError(f"warm-up {m.name} -> {r.alias} failed: {o.error}")
         self.log("setup: warm-up pushes done")
         self.save()
+
+    def real_info(self, local, spec: realimages.RealImage, tags: list[str]) -> dict:
+        """Per tag: its compressed blobs; per layer: compressed and uncompressed size and file count; per
+        changed tag: what differs from `:1` (the layers a push must send)."""
+        info: dict = {"what": spec.what, "deps": list(spec.deps), "added": spec.added, "tags": {}, "layers": {}}
+        for tag in tags:
+            b = self.bed.image_blobs(local, tag)
+            b["total"] = b["index"] + b["manifest"] + b["config"] + sum(sz for _, sz in b["layers"])
+            info["tags"][tag] = b
+            for d, sz in b["layers"]:
+                if d not in info["layers"]:
+                    info["layers"][d] = {"compressed": sz, **realimages.layer_stats(local, d)}
+        base = {d for d, _ in info["tags"][spec.tag("base")]["layers"]}
+        v1 = {d for d, _ in info["tags"][spec.tag("1")]["layers"]}
+        for tag, ref in ((spec.tag("1"), base), (spec.tag("app2"), v1), (spec.tag("dep2"), v1)):
+            b = info["tags"][tag]
+            b["changed_layer"] = sum(sz for d, sz in b["layers"] if d not in ref)
+            b["changed"] = b["changed_layer"] + b["manifest"] + b["config"] + b["index"]
+        return info
 
     # -- one push ------------------------------------------------------------------------------------
     def settle(self, remotes) -> None:
@@ -198,6 +257,9 @@ class Runner:
             self.settle(remotes)
         finally:
             pr = probe.stop()
+        runnable = None
+        if o.ok and all(self.bed.store(r) == "none" for r in remotes):
+            runnable = [self.bed.runnable(r, image) for r in remotes]
         s = {"scenario": scenario, "group": g.key, "method": m.name, "shape": shape, "run": run, "image": image,
              "servers": len(remotes), "seconds": round(o.seconds, 3), "ok": o.ok, "error": o.error,
              "client_cpu": round(o.client_cpu, 3), "client_rss": o.client_rss, **asdict(pr),
@@ -206,6 +268,13 @@ class Runner:
                                                        if not k.startswith("local.")), 3)
         s["local_daemons_cpu"] = round(sum(v for k, v in pr.daemons_cpu.items() if k.startswith("local.")), 3)
         s["cpu"] = round(s["client_cpu"] + s["server_cpu"] + s["local_daemons_cpu"], 3)
+        if runnable is not None:
+            # runnable right after the push if it is unpacked; else after the unpack `ctr run` does first
+            s["runnable"] = runnable
+            s["runnable_seconds"] = round(s["seconds"] + sum(x["run_seconds"] for x in runnable
+                                                             if not x.get("unpacked")), 3)
+            if not all(x["run_ok"] for x in runnable):
+                s["ok"], s["error"] = False, "not runnable: " + "; ".join(x.get("run_error", "") for x in runnable)
         return s
 
     # -- the loops -----------------------------------------------------------------------------------
@@ -223,23 +292,33 @@ class Runner:
             for g in self.groups():
                 steps = self.steps(g)
                 for run in range(self.a.runs):
-                    names = list(self.methods)
-                    k = run % len(names)
+                    names = [m.name for m in self.group_methods(g)]
+                    k = run % max(len(names), 1)
                     for name in names[k:] + names[:k]:
                         m = self.methods[name]
                         left = self.reset(m, g)
                         for scenario, v in steps:
+                            if scenario.startswith("_"):  # preparation (the base image on the server): untimed
+                                local = self.bed.local(g.local_store)
+                                o = m.push(local, IMAGES[g.image].tag(v), [self.bed.remote(k) for k, _ in g.remotes])
+                                if not o.ok:
+                                    self.log(f"{shape} {g.key} {name}: preparation {scenario} failed: {o.error}")
+                                continue
                             s = self.measure(m, g, scenario, IMAGES[g.image].tag(v), shape, run)
-                            if scenario == steps[0][0]:
+                            if scenario == next(x for x, _ in steps if not x.startswith("_")):
                                 s["blobs_left_after_reset"] = left
                             self.data["samples"].append(s)
-                            self.log(f"{shape} {scenario:5} run {run} {name:9} {s['seconds']:7.2f}s "
+                            self.log(f"{shape} {scenario:6} run {run} {name:14} {s['seconds']:7.2f}s "
                                      f"link {s['link_bytes'] / 1e6:8.1f} MB  client {s['client_cpu']:5.1f} cpu-s "
                                      f"{s['client_rss'] / 1e6:5.0f} MB  registry {s['registry_rss'] / 1e6:4.0f} MB"
                                      f"  cpu {s['cpu']:5.1f}s  busy {s['machine_busy']:.0%}"
+                                     + (f"  data at {s['first_data']:.2f}s" if s.get("first_data") is not None else "")
+                                     + (f"  runnable {s['runnable_seconds']:.2f}s" if "runnable_seconds" in s else "")
                                      + ("" if s["ok"] else f"  FAILED: {s['error']}"))
                             self.save()
             self.bed.shape(all_remotes, None, None)
+        if "pussh" in self.methods:
+            self.startup()
         if self.a.profile:
             self.profile()
         self.data["meta"]["finished"] = dt.datetime.now().isoformat(timespec="seconds")
@@ -252,7 +331,6 @@ class Runner:
         missed = {(t["scenario"], t["shape"]) for t in evaluate(self.data) if t["ok"] is False and t.get("profile")}
         if not missed or "pussh" not in self.methods:
             return
-        self.startup()
         pyspy = shutil.which("py-spy") or str(REPO / ".venv/bin/py-spy")
         if not Path(pyspy).exists():
             self.log("profile: py-spy not found (.venv/bin/pip install py-spy): no profiles")
@@ -379,10 +457,11 @@ class Runner:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="S1-S3 only, 2 runs (unless --runs), both shapes")
+    ap.add_argument("--quick", action="store_true",
+                    help="S1-S3, K1-K2 and R1-R3 on web only, 1 run (unless --runs), both shapes")
     ap.add_argument("--runs", type=int, help="runs per cell (default 3; --quick 2)")
-    ap.add_argument("--scenarios", help="comma-separated, e.g. S1,S3,S6 (default all)")
-    ap.add_argument("--methods", default="save-load,registry,pussh")
+    ap.add_argument("--scenarios", help="comma-separated, e.g. S1,S3,S6,K,R1.web,data (default all)")
+    ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--shapes", default="unshaped,shaped")
     ap.add_argument("--rate", default="200mbit")
     ap.add_argument("--delay", default="10ms", help="one way (RTT = 2 x delay)")
@@ -393,13 +472,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-report", dest="report", action="store_false",
                     help="do not write benchmarks/RESULTS.md and the chart")
     a = ap.parse_args(argv)
-    a.runs = a.runs or (2 if a.quick else 3)
-    default = "S1,S2,S3" if a.quick else "S1,S2,S3,S4,S5,S6,S7,S8"
-    a.scenarios = [s.strip().upper() for s in (a.scenarios or default).split(",") if s.strip()]
+    a.runs = a.runs or (1 if a.quick else 3)
+    default = "S1,S2,S3,K2,R1.web,R2.web,R3.web" if a.quick else "S1,S2,S3,S4,S5,S6,S7,S8,K,web,data"
+    a.scenarios = [s.strip().lower() for s in (a.scenarios or default).split(",") if s.strip()]
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     a.shapes = [s.strip() for s in a.shapes.split(",") if s.strip()]
     bad = [m for m in a.methods if m not in METHODS] + [s for s in a.shapes if s not in ("unshaped", "shaped")]
-    bad += [s for s in a.scenarios if not re.fullmatch(r"S[1-8](\.[1-3])?", s)]
+    bad += [s for s in a.scenarios if not re.fullmatch(r"s[1-8](\.[1-3])?|k[12]?|r[1-4](\.(web|data))?|web|data", s)]
     if bad:
         ap.error(f"unknown: {', '.join(bad)}")
     return a
