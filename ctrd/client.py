@@ -47,15 +47,18 @@ class Containerd:
     Calls carry the namespace as `containerd-namespace` metadata and, where a lease is given,
     `containerd-lease` metadata, as containerd's own Go client does."""
 
-    def __init__(self, socket_path: str = DEFAULT_SOCKET, namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(self, socket_path: str = DEFAULT_SOCKET, namespace: str = DEFAULT_NAMESPACE,
+                 channel: Channel | None = None) -> None:
+        """`channel`: a channel of the caller's (e.g. over SSH) to a containerd that is not on this
+        machine, whose content directory is then never read directly."""
         self.socket_path = socket_path
         self.namespace = namespace
-        self.channel = Channel(path=socket_path)
+        self.channel = channel or Channel(path=socket_path)
         self.content = ContentStore(self)
         self.images = ImageStore(self)
         self.leases = Leases(self)
         self.diff = DiffService(self)
-        self._content_root: str | None | bool = False  # False: not looked up yet
+        self._content_root: str | None | bool = None if channel else False  # False: not looked up yet
 
     async def __aenter__(self) -> "Containerd":
         if not os.path.exists(self.socket_path):

@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import ctrd
 import ctrd.snapshots
+from grpclib.client import Channel
 from ctrd import imagestore, unpack
 from oci import digest as D
 from oci import manifest as M
@@ -44,6 +45,9 @@ class ContainerdDestination:
         self._diff_ids: dict[str, str | None] = {}
         self._images: list[tuple[dict, dict]] = []  # (manifest, config) of each platform, for unpack
         self.unpacked: list[str] = []  # chain IDs this push applied
+        # Clients for blob writes, one connection (SSH channel) each: one channel's window (sshd's
+        # 2 MiB) caps a stream, so blobs in flight each get their own. Made by open().
+        self._writers: asyncio.Queue[ctrd.Containerd] = asyncio.Queue()
 
     @property
     def namespace(self) -> str:
@@ -56,20 +60,35 @@ class ContainerdDestination:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, conn: Connection, socket: str, ref: R.Reference, *, docker: bool, namespace: str | None,
-                   snapshotter: str | None, relay: list[str] | None = None) -> AsyncIterator["ContainerdDestination"]:
+                   snapshotter: str | None, relay: list[str] | None = None,
+                   jobs: int = 4) -> AsyncIterator["ContainerdDestination"]:
         """`docker`: the server has Docker with the containerd store; `namespace`, `snapshotter`:
         the user's choice (None: found out); `relay`: a command whose stdio reaches the socket,
         where sshd does not forward it."""
-        async with (conn.relay(relay) if relay else conn.forward_unix(socket)) as local:
-            ctr = ctrd.Containerd(local, namespace or DOCKER_NAMESPACE)
-            try:
-                dest = cls(ctr, conn, ref, snapshotter or ctrd.snapshots.DEFAULT_SNAPSHOTTER)
-                with dest._mapped("answering"):
-                    await dest._settle(docker, namespace, snapshotter)
-                    dest.lease = await ctr.leases.create(expire=LEASE_EXPIRY, labels={"pussh.push": ref.name})
-                yield dest
-            finally:
-                ctr.close()
+        async with contextlib.AsyncExitStack() as stack:
+            if relay:  # one relay process per connection
+                local = await stack.enter_async_context(conn.relay(relay))
+
+                def client(ns: str) -> ctrd.Containerd:  # a channel of ours: never a local file read
+                    return ctrd.Containerd(local, ns, channel=Channel(path=local))
+            else:
+                from .grpc_ssh import SSHChannel
+
+                def client(ns: str) -> ctrd.Containerd:
+                    return ctrd.Containerd(socket, ns, channel=SSHChannel(conn.conn, socket))
+            ctr = client(namespace or DOCKER_NAMESPACE)
+            stack.callback(ctr.close)
+            dest = cls(ctr, conn, ref, snapshotter or ctrd.snapshots.DEFAULT_SNAPSHOTTER)
+            with dest._mapped("answering"):
+                await dest._settle(docker, namespace, snapshotter)
+                dest.lease = await ctr.leases.create(expire=LEASE_EXPIRY, labels={"pussh.push": ref.name})
+            # Channels connect on their first call, so the unused ones cost nothing.
+            for _ in range(jobs - 1):
+                w = client(ctr.namespace)
+                stack.callback(w.close)
+                dest._writers.put_nowait(w)
+            dest._writers.put_nowait(ctr)
+            yield dest
 
     async def _settle(self, docker: bool, namespace: str | None, snapshotter: str | None) -> None:
         if namespace is not None:
@@ -140,10 +159,14 @@ class ContainerdDestination:
                 resumed = offset
             return source(offset)
         labels = imagestore.missing_labels({}, self.ref.domain, self.ref.path, self._diff_ids.get(desc.digest))
-        with self._mapped(f"writing {desc.digest[:19]}"):
-            # The ref is the digest's, the same in every run: a re-run finds the ingest where this one left it.
-            await self.ctr.content.write_blob(f"pussh-{D.hex_of(desc.digest)}", from_offset, expected=desc.digest,
-                                              total=desc.size, labels=labels, lease=self.lease)
+        ctr = await self._writers.get()
+        try:
+            with self._mapped(f"writing {desc.digest[:19]}"):
+                # The ref is the digest's, the same in every run: a re-run finds the ingest where this one left it.
+                await ctr.content.write_blob(f"pussh-{D.hex_of(desc.digest)}", from_offset, expected=desc.digest,
+                                             total=desc.size, labels=labels, lease=self.lease)
+        finally:
+            self._writers.put_nowait(ctr)
         return max(resumed, 0)
 
     async def put_manifest(self, desc: M.Desc, body: bytes) -> None:
