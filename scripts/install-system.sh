@@ -40,4 +40,4 @@ fi
 apt-get update -q
 # The packages start their own services on install where systemd runs; we run our own daemons instead.
 apt-get install -y -q docker.io/trixie containerd/trixie runc openssh-server openssh-client busybox-static \
-  skopeo docker-registry debootstrap iproute2 iptables sudo zstd python3-venv
+  skopeo docker-registry debootstrap iproute2 iptables sudo zstd python3-venv podman

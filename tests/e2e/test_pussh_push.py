@@ -63,6 +63,16 @@ def no_registry_left(remote) -> None:
     assert remote.docker("ps", "-aq", "--filter", "label=pussh.registry=1").stdout.strip() == ""
 
 
+NOTHING = 256 << 10  # bytes on the wire for a push that sends no blob (SSH session, commands, HEADs)
+
+
+def on_wire(server, fn):
+    """(fn(), the bytes it put on the wire from here to the server: its veth's counter)."""
+    t0 = server.link_bytes()[0]
+    out = fn()
+    return out, server.link_bytes()[0] - t0
+
+
 def layer_digests(local, image) -> dict[str, int]:
     """Compressed layer digest -> size of the image's (local platform's) manifest."""
     async def read():
@@ -90,13 +100,18 @@ def test_push_fresh_then_nothing_then_one_layer(local, remote, remote_classic, s
     assert layers_of(server, "app:1") == layers_of(local, "app:1")
     no_registry_left(server)
 
-    again = push_json(local, server, "app:1")
+    again, wire = on_wire(server, lambda: push_json(local, server, "app:1"))
     assert not set(again["sent"]) & set(layers1), "a second push sent layer bytes"
     assert again["bytes_skipped"] >= sum(layers1.values())
+    # nothing sent, on the wire too: a fraction of the smallest layer
+    assert wire <= NOTHING < min(layers1.values()), (wire, layers1)
     no_registry_left(server)
 
-    second = push_json(local, server, "app:2")
+    second, wire = on_wire(server, lambda: push_json(local, server, "app:2"))
     assert set(second["sent"]) & (set(layers1) | set(layers2)) == changed
+    # exactly the changed layer crossed: its size plus framing, less than it and any other layer
+    size = sum(layers2[d] for d in changed)
+    assert size <= wire <= size * 1.05 + (256 << 10) < size + min(layers1.values()), (wire, size, layers1)
     assert run_output(server, "app:2") == run_output(local, "app:2") != want
     no_registry_left(server)
     if store == "classic":

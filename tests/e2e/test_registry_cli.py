@@ -68,8 +68,17 @@ def test_options_from_environment_and_token(sock, tmp_path):
     assert asyncio.run(namespaces()), "the registry did not use the namespace from the environment"
     lines = [line for line in reg.stderr().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is JSON
-    assert any(r["level"] == "debug" for r in records) or any("GET /v2/" in r["msg"] for r in records)
     assert any("GET /v2/" in r["msg"] for r in records)
+    assert any(r["level"] == "debug" for r in records), records  # the level from the environment took effect
+    # and the same at the default level (info) logs no debug record: the level, not chance, decides
+    reg = start_registry_process(tmp_path, [], env={**env, "PUSSH_REGISTRY_LOG_LEVEL": "info"})
+    try:
+        assert get(reg.address, headers={"Authorization": "Bearer t0ken"})[0] == 200
+    finally:
+        assert reg.stop() == 0
+    records = [json.loads(line) for line in reg.stderr().splitlines() if line.strip()]
+    assert any("GET /v2/" in r["msg"] for r in records)
+    assert not [r for r in records if r["level"] == "debug"], records
 
 
 def test_token_is_refused_on_argv_and_bad_options(sock, tmp_path):

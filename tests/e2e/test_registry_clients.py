@@ -1,12 +1,13 @@
 """The registry with real clients: `docker push`/`pull` from dockerd with the containerd image store
-and with the classic store, `skopeo copy` in and out (a multi-platform index included), and the
-server's own Docker running what was pushed with no pull. The registry runs as its real process
+and with the classic store, `skopeo copy` in and out (a multi-platform index included), `podman
+push`/`pull`, and the server's own Docker running what was pushed with no pull. The registry runs as its real process
 (`python -m registry`) on the containerd of a test-bed host."""
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -157,6 +158,68 @@ def test_multiplatform_index_round_trip(server, registry, tmp_path):
     assert run_sum_text(server, "multi/arch:1").startswith("mpa")
 
 
+def podman(store: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """podman (Debian's, from scripts/install-system.sh) with a storage of its own under `store`
+    (vfs: no mounts to undo), never the machine's /var/lib/containers."""
+    if not shutil.which("podman"):
+        pytest.fail("podman is not installed: run scripts/install-system.sh")
+    argv = ["podman", "--root", str(store / "root"), "--runroot", str(store / "run"), "--tmpdir", str(store / "tmp"),
+            "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file", *args]
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    assert cp.returncode == 0, (argv, cp.stdout, cp.stderr)
+    return cp
+
+
+def podman_file_sha(store: Path, ref: str, path: str) -> str:
+    """sha256 of a file in the image, read from an exported container of it (podman cannot start
+    containers in this sandbox: runc may not set podman's rlimits; creating and exporting needs none)."""
+    cid = podman(store, "create", "--network", "none", ref).stdout.strip()
+    try:
+        tar = subprocess.run(["podman", "--root", str(store / "root"), "--runroot", str(store / "run"),
+                              "--storage-driver", "vfs", "--events-backend", "file", "export", cid],
+                             capture_output=True, timeout=300)
+        assert tar.returncode == 0, tar.stderr
+        import io
+        import tarfile
+        with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as t:
+            return sha(t.extractfile(path.lstrip("/")).read()).split(":")[1]
+    finally:
+        podman(store, "rm", cid)
+
+
+def test_podman_push_then_run_on_server_and_pull(server, registry, tmp_path):
+    """podman builds (COPY only, no container run) and pushes to the registry; the server's Docker
+    runs the image with no pull; a second, empty podman storage pulls it back byte for byte."""
+    ref = f"{registry.host_port}/pod/app:1"
+    ctx = tmp_path / "ctx"
+    (ctx / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", ctx / "bin" / "busybox")
+    data = os.urandom(3 << 20)
+    (ctx / "data.bin").write_bytes(data)
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY bin/ /bin/\nCOPY data.bin /data.bin\n"
+                                    'CMD ["/bin/busybox", "sha256sum", "/data.bin"]\n')
+    import tempfile
+    # podman refuses a runroot path over 50 characters: short directories of our own, removed after
+    a, b = Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp")), Path(tempfile.mkdtemp(prefix="pm-", dir="/tmp"))
+    try:
+        _podman_round_trip(server, ref, ctx, a, b, sha(data).split(":")[1])
+    finally:
+        shutil.rmtree(a, ignore_errors=True)
+        shutil.rmtree(b, ignore_errors=True)
+
+
+def _podman_round_trip(server, ref: str, ctx: Path, a: Path, b: Path, want: str) -> None:
+    podman(a, "build", "-q", "--network", "none", "-t", ref, str(ctx))
+    podman(a, "push", "--tls-verify=false", "--digestfile", str(a / "digest"), ref)
+    assert run_sum(server, "pod/app:1") == want  # on the server at once, runnable by its Docker
+    pushed = (a / "digest").read_text().strip()
+    assert asyncio.run(image_target(server, "docker.io/pod/app:1")).digest == pushed
+    podman(b, "pull", "--tls-verify=false", ref)
+    pulled = json.loads(podman(b, "image", "inspect", ref).stdout)[0]
+    assert pulled["Digest"] == pushed
+    assert podman_file_sha(b, ref, "/data.bin") == want
+
+
 def test_concurrent_pushes_of_one_image(server, client, registry, tmp_path):
     """The same image pushed by several clients at once: every push succeeds. Docker pushes from one
     daemon (a copy made with save/load on another host can lack the attestation manifests its index
@@ -218,7 +281,7 @@ KILLED_CLIENT = textwrap.dedent("""
         async with aiohttp.ClientSession() as s:
             async with s.post(url + "/v2/killed/app/blobs/uploads/") as r:
                 loc = r.headers["Location"]
-            print(r.headers["Docker-Upload-UUID"], flush=True)
+            print(r.headers["Docker-Upload-UUID"], loc, flush=True)
             async def body():
                 while True:
                     yield b"k" * (1 << 20)
@@ -236,18 +299,35 @@ async def _ingest_offset(sock: str, upload_id: str) -> int | None:
     return None
 
 
+async def _content(sock: str) -> set[str]:
+    async with Containerd(sock, "moby") as c:
+        return {i.digest for i in await c.content.list()}
+
+
+def _upload_status(reg, loc: str) -> tuple[int, str | None, str | None]:
+    """GET of an upload: (status, Range header, error code)."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(reg.address + loc, timeout=30) as r:
+            return r.status, r.headers.get("Range"), None
+    except urllib.error.HTTPError as e:
+        return e.code, None, json.loads(e.read() or b"{}").get("errors", [{}])[0].get("code")
+
+
 async def _collect(sock: str) -> None:
     async with Containerd(sock, "moby") as c:
         await c.leases.collect_garbage()
 
 
-def test_killed_client_leaves_no_tag_and_ingest_expires(server, tmp_path):
+def test_killed_client_leaves_an_upload_that_expires(server, tmp_path):
     reg = start_registry_process(tmp_path, ["--listen", "127.0.0.1:0", "--containerd", server.containerd_socket,
                                             "--upload-expiry", "3"])
     try:
         client = subprocess.Popen([PYTHON, "-c", KILLED_CLIENT, reg.address], stdout=subprocess.PIPE, text=True,
                                   cwd=REPO_ROOT)
-        upload_id = client.stdout.readline().strip()
+        before = asyncio.run(_content(server.containerd_socket))
+        upload_id, loc = client.stdout.readline().split()
         assert len(upload_id) == 32
         deadline = time.monotonic() + 30
         while (asyncio.run(_ingest_offset(server.containerd_socket, upload_id)) or 0) < (8 << 20):
@@ -255,14 +335,19 @@ def test_killed_client_leaves_no_tag_and_ingest_expires(server, tmp_path):
             time.sleep(0.1)
         client.send_signal(signal.SIGKILL)
         client.wait()
-        assert not [n for n in server.docker("images", "--format", "{{.Repository}}").stdout.split() if "killed" in n]
+        # The half-sent bytes stay an upload in progress (resumable, its Range at least what had
+        # arrived), never a committed blob.
+        status, rng, _ = _upload_status(reg, loc)
+        assert status == 204 and rng is not None and int(rng.split("-")[1]) + 1 >= 8 << 20, (status, rng)
+        assert asyncio.run(_content(server.containerd_socket)) == before, "the killed upload committed a blob"
         time.sleep(3.5)
         deadline = time.monotonic() + 30
         while asyncio.run(_ingest_offset(server.containerd_socket, upload_id)) is not None:
             assert time.monotonic() < deadline, "the ingest outlived its lease"
             asyncio.run(_collect(server.containerd_socket))
             time.sleep(0.2)
-        # the registry is none the worse for it
+        # the upload is gone (its ingest expired), and the registry is none the worse for it
+        assert _upload_status(reg, loc)[::2] == (404, "BLOB_UPLOAD_UNKNOWN")
         assert subprocess.run(["curl", "-sf", reg.address + "/v2/"], capture_output=True).returncode == 0
     finally:
         assert reg.stop() == 0

@@ -15,8 +15,9 @@ for p in (HERE, HERE.parent / "e2e"):
 
 import relsupport  # noqa: E402
 
-# Hypothesis examples per fuzz test: bounded for CI; PUSSH_FUZZ_SCALE=10 for a longer hunt.
-FUZZ_SCALE = float(os.environ.get("PUSSH_FUZZ_SCALE", "1"))
+# Hypothesis examples per fuzz test: the committed counts are the floor (CI sends >= 10,000 requests);
+# PUSSH_FUZZ_SCALE=10 raises them for a longer hunt, and no value lowers them.
+FUZZ_SCALE = max(1.0, float(os.environ.get("PUSSH_FUZZ_SCALE", "1") or "1"))
 
 # CI replays the same examples every run (a red CI is then a regression, not a new draw); a developer's
 # run draws new ones.
@@ -31,6 +32,56 @@ if os.environ.get("CI"):
 def _count_requests(request):
     relsupport.set_counter(request.node.nodeid.split("::", 1)[-1])
     yield
+
+
+OUT = HERE / "out" / "run.json"
+_RUN: dict = {"outcomes": {}}
+
+
+def pytest_sessionstart(session):
+    import time
+    _RUN["started"] = time.time()
+
+
+def pytest_runtest_logreport(report):
+    o = _RUN["outcomes"].setdefault(report.nodeid, {"outcome": "passed", "seconds": 0.0})
+    o["seconds"] = round(o["seconds"] + report.duration, 2)
+    if report.failed:
+        o["outcome"] = "failed" if report.when == "call" else f"error in {report.when}"
+    elif report.skipped and o["outcome"] == "passed":
+        o["outcome"] = "skipped"
+
+
+def _git(*args: str) -> str:
+    import subprocess
+    cp = subprocess.run(["git", *args], cwd=HERE.parents[1], capture_output=True, text=True)
+    return cp.stdout.strip()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run's raw record: tests/reliability/out/run.json (when any reliability test ran)."""
+    import json
+    import time
+    if not any(n.startswith("tests/reliability/") for n in _RUN["outcomes"]):
+        return
+    now = time.time()
+    run = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(_RUN["started"])),
+        "commit": _git("rev-parse", "HEAD"),
+        # what ran besides the commit: every uncommitted file of the tree (others' work in progress too)
+        "uncommitted": [l[3:] for l in _git("status", "--porcelain", "--untracked-files=no").splitlines()
+                        if "tests/reliability/out/" not in l and not l[3:].endswith("RELIABILITY.md")],
+        "args": list(session.config.invocation_params.args),
+        "wall_seconds": round(now - _RUN["started"], 1),
+        "exitstatus": int(exitstatus),
+        "fuzz_scale": FUZZ_SCALE,
+        "ci": bool(os.environ.get("CI")),
+        "requests": dict(sorted((k, v) for k, v in relsupport.COUNTS.items() if v)),
+        "outcomes": _RUN["outcomes"],
+        "records": relsupport.RECORDS,
+    }
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -86,5 +137,5 @@ def rel_env(rel_local, rel_remote):
     from relhosts import push
     from testbed import build_test_image
     build_test_image(rel_local, "warmup/app:1", [0.5], seed="warmup", text_mb=0.1)
-    push(rel_local, rel_remote, "warmup/app:1")
+    push(rel_local, rel_remote, "warmup/app:1", "--via", "registry")  # carries the registry image
     return rel_local, rel_remote

@@ -183,6 +183,20 @@ def wait_no_registry(remote, timeout: float = 90) -> None:
     wait_until(lambda: not registry_containers(remote), timeout, "the registry container to be removed")
 
 
+def block_drops(remote) -> int:
+    """Packets the link block's DROP rules (testbed `block_traffic`) have dropped so far: the proof that
+    a "traffic dropped" fault struck (read before unblocking: the rules and their counters go then)."""
+    out = remote.run("iptables", "-w", "-L", "-v", "-x", "-n").stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if f"{remote.netns}-block" in line)
+
+
+def daemon_pid(remote, name: str) -> int:
+    """The PID of the test bed's running daemon `name` (containerd, dockerd) on the remote."""
+    d = remote._daemon(name)
+    assert d is not None and d.alive(), f"{name} is not running on {remote!r}"
+    return d.pid
+
+
 def tag_target(remote, image: str) -> str | None:
     return report(remote.containerd_socket_outside).images.get(full_name(image))
 
@@ -198,15 +212,74 @@ def check_whole(remote, image: str, allowed: dict[str, str]) -> str:
     return target
 
 
+class WireCost:
+    """What a push costs on the server's veth (bytes from here to the server, SSH and TCP framing
+    included): `fixed` for a push that sends no blob, `per_byte` for each payload byte. Measured on a
+    complete push and on a push that has nothing to send; `expect` then bounds what a later push of
+    `payload` bytes may put on the wire, so "it sent exactly the missing blobs" and "0 bytes sent" are
+    checked on the wire, not on pussh's own report."""
+
+    SLACK = 384 << 10  # bytes: a push that starts a registry costs more than a no-op one (~50 KB)
+    SHARE = 0.02  # and the framing varies a little with segment sizes
+
+    def __init__(self, remote) -> None:
+        self.remote, self.fixed, self.per_byte = remote, 0.0, 1.0
+
+    def tx(self) -> int:
+        return self.remote.link_bytes()[0]
+
+    def measure(self, fn):
+        """(fn(), bytes it put on the wire towards the server)."""
+        t0 = self.tx()
+        out = fn()
+        return out, self.tx() - t0
+
+    def calibrate(self, full_wire: int, full_payload: int, noop_wire: int) -> None:
+        self.fixed = float(noop_wire)
+        self.per_byte = max((full_wire - noop_wire) / max(full_payload, 1), 1.0)
+
+    def bounds(self, payload: int) -> tuple[float, float]:
+        want = self.fixed + self.per_byte * payload
+        return payload, want * (1 + self.SHARE) + self.SLACK
+
+    def check(self, wire: int, payload: int, what: str) -> None:
+        lo, hi = self.bounds(payload)
+        assert lo <= wire <= hi, (f"{what}: {wire} bytes on the wire, but {payload} bytes of missing blobs "
+                                  f"allow only {lo:.0f}..{hi:.0f} (fixed {self.fixed:.0f}, x{self.per_byte:.4f})")
+
+    def as_dict(self) -> dict:
+        return {"fixed": round(self.fixed), "per_byte": round(self.per_byte, 4)}
+
+
 def explain_sent(remote, blobs: dict[str, int], sent: list[str]) -> dict:
     """For an assertion message: each digest sent, its local size and the server's."""
     have = report(remote.containerd_socket_outside).content
     return {d: (blobs.get(d), have.get(d)) for d in set(sent) | set(blobs)}
 
 
+def resumable(remote, blobs: dict[str, int]) -> dict[str, int]:
+    """Digest -> bytes the server's containerd already holds of it in an ingest a re-run resumes
+    (the direct path's ingest ref is pussh-<hex>; the registry path starts each upload afresh)."""
+    async def read() -> dict[str, int]:
+        async with Containerd(remote.containerd_socket_outside, "moby") as c:
+            st = {s.ref: s.offset for s in await c.content.list_statuses()}
+        return {d: st[f"pussh-{d.split(':', 1)[1]}"] for d in blobs if f"pussh-{d.split(':', 1)[1]}" in st}
+    return asyncio.run(read())
+
+
+def to_send(remote, blobs: dict[str, int], lacking: set[str]) -> int:
+    """Bytes a re-run has to send: each lacking blob, less what a resumable ingest has of it."""
+    have = resumable(remote, blobs)
+    return sum(blobs[d] - have.get(d, 0) for d in lacking)
+
+
 def missing_blobs(remote, blobs: dict[str, int]) -> set[str]:
     have = report(remote.containerd_socket_outside).content
     return {d for d, size in blobs.items() if have.get(d) != size}
+
+
+def via_of(res: dict, via: str) -> None:
+    assert res.get("via") == via, f"asked for --via {via}, pussh took {res.get('via')!r}: {res}"
 
 
 def no_upload_leftovers(remote) -> None:

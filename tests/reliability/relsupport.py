@@ -29,6 +29,12 @@ SPEC_CODES = frozenset({
     "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS", "RANGE_INVALID",
 })
 UPLOAD_LEASE_PREFIXES = ("pussh-upload-", "pussh-hold-")
+PUSH_LEASE_LABEL = "pussh.push"  # the direct (containerd) path's per-push lease: id pussh-<hex>, this label
+
+
+def upload_lease(lease_id: str, labels: dict[str, str]) -> bool:
+    """A lease an upload takes: the registry's upload/hold leases, or a direct push's lease."""
+    return lease_id.startswith(UPLOAD_LEASE_PREFIXES) or PUSH_LEASE_LABEL in labels
 
 
 def registry_failures(log: str) -> list[str]:
@@ -54,6 +60,17 @@ def registry_failures(log: str) -> list[str]:
 
 def set_counter(name: str) -> None:
     _current.name = name
+
+
+# What each test observed (struck at, exit code, message, tag after, bytes on the wire, ...), keyed by
+# test id; conftest.py writes them with the run's outcomes to tests/reliability/out/run.json, and
+# tests/reliability/report.py renders tests/RELIABILITY.md from that file.
+RECORDS: dict[str, dict] = {}
+
+
+def record(key: str | None = None, **fields) -> None:
+    key = key or getattr(_current, "name", "other")
+    RECORDS.setdefault(key, {}).update(fields)
 
 
 # -- raw HTTP ----------------------------------------------------------------------------------------
@@ -150,7 +167,7 @@ class StoreReport:
     def upload_leftovers(self) -> list[str]:
         """What an interrupted upload could leave: ingests, and upload/hold leases."""
         return [f"ingest {r}" for r in self.ingests] + [
-            f"lease {l}" for l in self.leases if l.startswith(UPLOAD_LEASE_PREFIXES)]
+            f"lease {l}" for l, labels in self.leases.items() if upload_lease(l, labels)]
 
     def unreferenced(self) -> set[str]:
         """Content neither reachable from an image record nor held by any lease (directly or as a
@@ -237,7 +254,7 @@ async def _expire_upload_leases(sock: str, namespace: str, max_expiry_s: float) 
     now = datetime.now(timezone.utc)
     async with Containerd(sock, namespace) as c:
         for lease in await c.leases.list():
-            if not lease.id.startswith(UPLOAD_LEASE_PREFIXES):
+            if not upload_lease(lease.id, lease.labels):
                 continue
             exp = lease.labels.get("containerd.io/gc.expire")
             if not exp:

@@ -69,7 +69,7 @@ def test_registry_loopback_only_token_required_unprivileged(rel_env):
     image = build_test_image(local, "sec/slow:1", [24], seed="sec-slow", text_mb=0.25)
     remote.shape(rate="10mbit")  # ~20 s of upload: the registry is up while we knock
     try:
-        p = start_push(local, remote, image)
+        p = start_push(local, remote, image, "--via", "registry")  # the registry path is what is attacked
         cid = wait_until(lambda: registry_containers(remote), 120, "the registry container")[0]
         port = registry_port(remote, cid)
         inspect = json.loads(remote.docker("inspect", cid).stdout)[0]
