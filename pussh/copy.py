@@ -97,3 +97,19 @@ def _first(group: BaseExceptionGroup) -> BaseException:
         if not isinstance(err, asyncio.CancelledError):
             return err
     return group.exceptions[0]
+
+
+def account_dry_run(plan: Plan, lacking: list[Desc], *, ui: UI, result: "HostResult", label: str, via: str) -> None:
+    """--dry-run: what copy_image would send (`lacking`: the blobs the destination lacks), counted
+    into `result` as a push counts what it sent, each blob on a line; nothing is written."""
+    lack = {b.digest for b in lacking}
+    for b in sorted(plan.blobs, key=lambda b: -b.size):
+        if b.digest in lack:
+            result.blobs_sent += 1
+            result.bytes_sent += b.size
+            result.sent.append(b.digest)
+            ui.line(f"{label}: would send {b.digest} ({human_bytes(b.size)}) via {via}")
+        else:
+            result.blobs_skipped += 1
+            result.bytes_skipped += b.size
+    ui.line(f"{label}: then {len(plan.manifests)} manifest(s) and the tag {result.image} -> {plan.root.digest}")

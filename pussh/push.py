@@ -21,10 +21,10 @@ from oci.manifest import Platform
 
 from . import remote, ssh
 from .classic import load_image
-from .copy import copy_image
+from .copy import account_dry_run, copy_image
 from .dest_containerd import ContainerdDestination
 from .errors import ConnectionLost, LocalReadError, PusshError, UsageError
-from .plan import make_plan
+from .plan import Plan, make_plan
 from .progress import UI, human_bytes
 from .source import ImageSource
 from .target import Target
@@ -46,6 +46,7 @@ class PushOptions:
     via: str = "auto"
     namespace: str | None = None  # the server's containerd namespace (direct path); None: found out
     snapshotter: str | None = None  # for unpacking outside Docker's namespace; None: overlayfs
+    dry_run: bool = False  # connect and work out what is missing; send and change nothing
 
 
 @dataclass
@@ -67,10 +68,15 @@ class HostResult:
     digest: str | None = None
     sent: list[str] = field(default_factory=list)  # digests of the blobs sent
     exit_code: int = 0
+    dry_run: bool = False  # blobs_sent, bytes_sent and sent are then what a push would send
 
     def summary(self) -> str:
         if not self.ok:
             return f"{self.host}: FAILED: {self.error}"
+        if self.dry_run:
+            return (f"{self.host}: dry run: {self.image} ({', '.join(self.platforms) or '?'}) via {self.via}: "
+                    f"would send {self.blobs_sent} blobs ({human_bytes(self.bytes_sent)}), "
+                    f"{self.blobs_skipped} already there ({human_bytes(self.bytes_skipped)}); nothing sent")
         rate = self.bytes_sent / self.seconds if self.seconds > 0 else 0
         return (f"{self.host}: pushed {self.image} ({', '.join(self.platforms) or '?'}) via {self.via}: "
                 f"{self.blobs_sent} blobs sent ({human_bytes(self.bytes_sent)}), "
@@ -82,13 +88,40 @@ class HostResult:
         return json.dumps(asdict(self), separators=(",", ":"))
 
 
-async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, ui: UI,
-                       connecting: asyncio.Future[ssh.Connection] | None = None) -> HostResult:
-    """`connecting`: the SSH connection, when it was started while the local image was being read."""
-    result = HostResult(host=str(target), image=source.ref.familiar)
-    t0 = time.monotonic()
+@dataclass
+class HostSession:
+    """What the images pushed to one host share: the SSH connection and the registry container
+    (started by the first image that needs it, with its token); closed after the last image."""
+    conn: ssh.Connection | None = None
+    registry: asyncio.Future | None = None
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    async def close(self) -> None:
+        await self.stack.aclose()
+
+
+async def push_images_to_host(sources: list[ImageSource], target: Target, opts: PushOptions, ui: UI,
+                              connecting: asyncio.Future[ssh.Connection] | None = None) -> list[HostResult]:
+    """Several images to one host over one connection and one server session, one after another:
+    a blob they share crosses once (the later images find it on the server)."""
+    host = HostSession()
     try:
-        await _push(source, target, opts, ui, result, connecting)
+        return [await push_to_host(source, target, opts, ui, connecting, host) for source in sources]
+    finally:
+        await host.close()
+
+
+async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, ui: UI,
+                       connecting: asyncio.Future[ssh.Connection] | None = None,
+                       host: HostSession | None = None) -> HostResult:
+    """`connecting`: the SSH connection, when it was started while the local image was being read;
+    `host`: the session earlier images to this host opened (None: this push opens and closes its own)."""
+    result = HostResult(host=str(target), image=source.ref.familiar, dry_run=opts.dry_run)
+    t0 = time.monotonic()
+    own, host = host is None, host or HostSession()
+    try:
+        await _push(source, target, opts, ui, result, connecting, host)
         result.ok = True
     except PusshError as err:
         result.error, result.exit_code = str(err), err.exit_code
@@ -101,6 +134,9 @@ async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, u
     except Exception as err:  # a bug: report it for this host and let the other hosts finish
         result.error = f"{target}: unexpected error: {type(err).__name__}: {err}"
         result.exit_code = 1
+    finally:
+        if own:
+            await host.close()
     result.seconds = time.monotonic() - t0
     return result
 
@@ -110,11 +146,14 @@ def connect(target: Target, opts: PushOptions) -> asyncio.Future[ssh.Connection]
 
 
 async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, result: HostResult,
-                connecting: asyncio.Future[ssh.Connection] | None) -> None:
+                connecting: asyncio.Future[ssh.Connection] | None, host: HostSession) -> None:
     label = str(target)
     async with contextlib.AsyncExitStack() as stack:
-        conn = await (connecting or connect(target, opts))
-        stack.push_async_callback(lambda: _shielded(conn.close()))
+        if host.conn is None:  # the host's first image: its connection, closed after its last
+            first = await (connecting or connect(target, opts))
+            host.conn = first
+            host.stack.push_async_callback(lambda: _shielded(first.close()))
+        conn = host.conn
         # Server facts in one round trip; whether sshd forwards to the usual containerd socket is
         # asked alongside. (Not the tag's target with --platform: a server that pulled one platform
         # of an index has the same target without the other platforms' content.)
@@ -124,19 +163,23 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
                  f"{server.containerd_socket}, {'containerd' if server.containerd_store else 'classic'} image store, "
                  f"{server.platform}; via {via}" + (f" ({direct_problem})" if direct_problem and via != "containerd" else ""))
         result.via = via
-        token = secrets.token_urlsafe(32)
-        starting: asyncio.Future[remote.RegistryContainer] | None = None
+        token = host.token
+        starting: asyncio.Future[remote.RegistryContainer] | None = host.registry  # an earlier image's
         known = source.root.digest if source.root is not None else None  # None: made by resolve()
-        if via == "registry" and (current is None or current != known):
-            # Started while the local side works out what to send; removed on every way out.
-            starting = asyncio.ensure_future(_start_registry(conn, server, opts, token, ui))
-            stack.push_async_callback(lambda: _shielded(_remove_once_started(conn, server, starting)))
+        if via == "registry" and starting is None and not opts.dry_run and (current is None or current != known):
+            # Started while the local side works out what to send; removed on every way out (after
+            # the host's last image).
+            starting = host.registry = asyncio.ensure_future(_start_registry(conn, server, opts, token, ui))
+            host.stack.push_async_callback(lambda: _shielded(_remove_once_started(conn, server, starting)))
         dest = None
         if via == "containerd":
             dest = await stack.enter_async_context(
                 ContainerdDestination.open(conn, server.require_socket(), source.ref, docker=bool(server.docker),
                                            namespace=opts.namespace, snapshotter=opts.snapshotter))
             result.namespace = dest.namespace
+            if opts.dry_run:  # open() took a lease: dropped again, a dry run leaves nothing
+                opened = dest
+                stack.push_async_callback(lambda: _shielded(opened.ctr.leases.delete(opened.lease)))
         try:
             root = await source.resolve(zstd=server.supports_zstd)
         except PusshError:
@@ -154,6 +197,9 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             result.blobs_skipped = len(plan.blobs)
             result.bytes_skipped = sum(b.size for b in plan.blobs)
             ui.debug(f"{label}: the server's {source.ref.familiar} is already {plan.root.digest}")
+            return
+        if opts.dry_run:
+            await _dry_run(conn, server, via, dest, source, plan, opts, result, ui, label)
             return
         if via == "load":
             await load_image(conn, server, source, plan, source.ref.familiar, ui, result)
@@ -180,6 +226,39 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             raise await remote.explain_failure(conn, server, err) from err
         finally:
             result.unpacked = list(getattr(dest, "unpacked", []))
+
+
+async def _dry_run(conn: ssh.Connection, server: remote.Server, via: str, dest: ContainerdDestination | None,
+                   source: ImageSource, plan: Plan, opts: PushOptions, result: HostResult, ui: UI, label: str) -> None:
+    """--dry-run: what the push would send, found out without changing the server. The direct path
+    asks containerd's content store; the registry and load paths (no registry container started)
+    ask Docker which layer chains it has, as docker load skips them."""
+    from .classic import chain_ids, server_chains
+    if via == "containerd":
+        assert dest is not None
+        try:
+            infos = await asyncio.gather(*(dest.ctr.content.exists(b.digest) for b in plan.blobs))
+        except ctrd.ContainerdError as err:
+            raise PusshError(f"{label}: the server's containerd failed listing its content: {err}") from err
+        lacking = [b for b, info in zip(plan.blobs, infos) if info is None]
+    else:
+        if via == "load" and len(plan.images) != 1:
+            raise PusshError(f"{label}: a classic-store Docker holds one platform per tag: choose one with --platform")
+        now = await conn.run([*server.docker, "image", "inspect", "--format", "{{.Id}}", source.ref.familiar])
+        if via == "load" and now.ok and now.stdout.strip() == plan.images[0].config.digest:
+            lacking = []
+        else:
+            have = await server_chains(conn, server)
+            present: set[str] = set()
+            for image in plan.images:
+                config = json.loads(await source.read_small(image.config.digest)) if image.config else {}
+                diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+                present.update(l.digest for c, l in zip(chain_ids(diff_ids), image.layers) if c in have)
+            lacking = [b for b in plan.blobs if b.digest not in present]
+        if via == "registry" and await remote.image_id(conn, server, opts.registry_image) is None:
+            ui.line(f"{label}: would first send the registry image {opts.registry_image}")
+    account_dry_run(plan, lacking, ui=ui, result=result, label=label, via=via)
+    await remote.check_space(conn, server, result.bytes_sent)
 
 
 async def _probe(conn: ssh.Connection, opts: PushOptions, image: str | None) -> tuple[remote.Server, str | None, str]:

@@ -32,6 +32,12 @@ def one_line_error(p, fragment, code):
     (["myapp:1"], "Missing argument"),
     (["myapp:1", "host", "--jobs", "0"], "--jobs"),
     (["myapp:1", "host", "--bogus"], "No such option"),
+    (["--to", "host"], "Missing argument 'IMAGE'"),
+    (["a:1", "b:2", "a:1", "--to", "host"], "given twice"),
+    (["a:1", "--to", "h", "--to", "h"], "given twice"),
+    (["Bad Ref", "--to", "h"], "invalid reference format"),
+    (["compose"], "Missing argument"),
+    (["completion", "tcsh"], "tcsh"),
 ])
 def test_usage_errors(args, fragment):
     one_line_error(run(*args), fragment, 2)
@@ -99,3 +105,62 @@ def test_as_docker_cli_plugin(tmp_path):
     p = subprocess.run(["docker", "--config", str(tmp_path), "pussh", "Bad Ref", "host"], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.startswith("docker pussh: invalid reference format"), p.stderr
+
+
+@pytest.mark.parametrize("argv, routed", [
+    (["app:1", "web1"], ["push", "app:1", "web1"]),
+    (["-F", "cfg", "app:1", "web1"], ["push", "-F", "cfg", "app:1", "web1"]),
+    (["-F", "compose", "app:1", "h"], ["push", "-F", "compose", "app:1", "h"]),  # an option's value is no command
+    (["--json", "compose", "-f", "c.yml", "h"], ["compose", "--json", "-f", "c.yml", "h"]),
+    (["push", "compose", "h"], ["push", "compose", "h"]),  # an image called like a command
+    (["--", "compose", "h"], ["push", "--", "compose", "h"]),
+    (["--help"], ["--help"]),
+    (["--version"], ["--version"]),
+    (["app:1", "--help"], ["push", "app:1", "--help"]),
+    ([], ["push"]),
+    (["install-docker-plugin"], ["install-docker-plugin"]),
+])
+def test_routing(argv, routed):
+    from pussh.cli import cli
+    assert cli.route(argv) == routed
+
+
+def test_help_lists_commands_and_ends_with_three_examples():
+    p = run("--help")
+    assert p.returncode == 0
+    assert "--to" in p.stdout and "--dry-run" in p.stdout
+    for cmd in ("compose", "install-docker-plugin", "completion", "push"):
+        assert f"  {cmd} " in p.stdout
+    tail = p.stdout.rstrip().split("Examples:")[-1]
+    assert p.stdout.count("Examples:") == 1 and tail.count("\n  pussh ") == 3, tail
+    sub = run("compose", "--help")
+    assert sub.returncode == 0 and "--project-name" in sub.stdout and "-F, --ssh-config" in sub.stdout
+
+
+def test_shell_completion(tmp_path):
+    import os
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text("Host web1 web2 *.internal\n  User ops\nHost db\n")
+    env = {**os.environ, "HOME": str(tmp_path), "_PUSSH_COMPLETE": "bash_complete"}
+    p = run(env={**env, "COMP_WORDS": "pussh comp", "COMP_CWORD": "1"})
+    assert p.returncode == 0 and set(p.stdout.split()) == {"plain,compose", "plain,completion"}, p.stdout + p.stderr
+    p = run(env={**env, "COMP_WORDS": "pussh app:1 we", "COMP_CWORD": "2"})
+    assert set(p.stdout.split()) == {"plain,web1", "plain,web2"}, p.stdout + p.stderr
+    p = run(env={**env, "COMP_WORDS": "pussh compose ", "COMP_CWORD": "2"})
+    assert set(p.stdout.split()) == {"plain,web1", "plain,web2", "plain,db"}, p.stdout + p.stderr
+    for shell, marker in (("bash", "_PUSSH_COMPLETE=bash_complete"), ("zsh", "#compdef pussh"),
+                          ("fish", "_PUSSH_COMPLETE=fish_complete")):
+        p = run("completion", shell)
+        assert p.returncode == 0 and marker in p.stdout, (shell, p.stdout[:300])
+
+
+def test_install_docker_plugin_without_an_entry_point(tmp_path, monkeypatch, capsys):
+    """No docker-pussh beside pussh or the interpreter, none on PATH: one line, exit 1, nothing made."""
+    from pussh.cli import main
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "bin" / "pussh")])
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert main(["install-docker-plugin", "--config", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no docker-pussh entry point" in err[0]
+    assert not (tmp_path / "d").exists()
