@@ -213,6 +213,26 @@ def compose_command(hosts, files, project_name, profiles, services, **common) ->
     return _push_images(items, list(hosts), **common)
 
 
+@cli.command("pull", short_help="Bring a server's image into the local containerd store.",
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("host", metavar=HOST_METAVAR, shell_complete=_ssh_config_hosts)
+@click.argument("image")
+@_common
+def pull_command(host: str, image: str, **common) -> int:
+    """Copy IMAGE from the server's containerd into the local one (Docker's store when it keeps images
+    in containerd), sending only the blobs the local side lacks: the push the other way round, over
+    the server's containerd socket forwarded through SSH (root or the socket's group there)."""
+    from oci import reference as R
+
+    from .pull import check_via
+    try:
+        ref = R.parse(image)
+    except R.InvalidReference as err:
+        raise UsageError(str(err)) from None
+    check_via(common["via"])
+    return _push_images([_Item(image)], [host], pull=ref, **common)
+
+
 @cli.command("install-docker-plugin", short_help="Link ~/.docker/cli-plugins/docker-pussh (docker pussh).",
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_dir", metavar="DIR", help="Docker's config directory (default $DOCKER_CONFIG or ~/.docker).")
@@ -280,7 +300,8 @@ class _Item:
 
 def _push_images(items: list[_Item], hosts: list[str], *, ssh_keys, ssh_configs, platforms, no_host_key_check, jobs,
                  dry_run, quiet, as_json, registry_image, remote_docker, remote_containerd_socket, containerd_socket,
-                 containerd_namespace, docker_host, via, namespace, snapshotter, timeout, verbose) -> int:
+                 containerd_namespace, docker_host, via, namespace, snapshotter, timeout, verbose,
+                 pull: R.Reference | None = None) -> int:
     from oci import reference as R
     from oci.manifest import parse_platform
 
@@ -310,12 +331,16 @@ def _push_images(items: list[_Item], hosts: list[str], *, ssh_keys, ssh_configs,
                        host_key_check=not no_host_key_check, connect_timeout=timeout),
     )
     ui = UI(quiet=quiet or as_json and not sys.stderr.isatty(), verbose=verbose)
-    results = _run(_main(list(zip(items, refs)), targets, opts, ui, containerd_socket, containerd_namespace, docker_host))
+    if pull is not None:
+        results = _run(_pull(targets[0], pull, opts, ui, containerd_socket, containerd_namespace, docker_host))
+    else:
+        results = _run(_main(list(zip(items, refs)), targets, opts, ui, containerd_socket, containerd_namespace,
+                             docker_host))
     for r in results:
         if as_json:
             click.echo(r.to_json())
         elif r.ok:
-            click.echo(r.summary())
+            click.echo(r.summary().replace(": pushed ", ": pulled ", 1) if pull is not None else r.summary())
         else:
             click.echo(f"pussh: {r.error}", err=True)
     return max((r.exit_code or 1 for r in results if not r.ok), default=0)
@@ -352,6 +377,15 @@ async def _main(images: list[tuple[_Item, R.Reference]], targets: list[Target], 
     finally:
         for s in sources:
             await s.close()
+
+
+async def _pull(target: Target, ref: R.Reference, opts: PushOptions, ui: UI, containerd_socket: str | None,
+                containerd_namespace: str | None, docker_host: str | None) -> list[HostResult]:
+    from .pull import pull_from_host
+    from .source import containerd_address, containerd_namespace as namespace_of
+    with ui:
+        return [await pull_from_host(target, ref, opts, ui, socket=containerd_address(containerd_socket),
+                                     namespace=namespace_of(containerd_namespace), docker_host=docker_host)]
 
 
 async def _close_all(connecting: list[asyncio.Future]) -> None:

@@ -268,3 +268,54 @@ def test_install_docker_plugin(local, tmp_path):
     (tmp_path / "flat" / "cli-plugins").write_text("")
     one_line_error(pussh(local, "install-docker-plugin", "--config", str(tmp_path / "flat")), 1, "cannot link")
     assert (tmp_path / "flat" / "cli-plugins").is_file()
+
+
+# -- pull -------------------------------------------------------------------------------------------
+
+def received_on_wire(remote, fn):
+    _, rx0 = remote.link_bytes()
+    out = fn()
+    return remote.link_bytes()[1] - rx0, out
+
+
+def test_pull_brings_only_the_missing_blobs(local, remote_host):
+    remote = remote_host
+    build_app_image(local, "cmds:pa", [5, 1], seed="cmdspull", last_seed="a")
+    build_app_image(local, "cmds:pb", [5, 1], seed="cmdspull", last_seed="b")
+    want = run_output(local, "cmds:pb")
+    pa, pb = layer_digests(local, "cmds:pa"), layer_digests(local, "cmds:pb")
+    shared = {d: s for d, s in pb.items() if d in pa}
+    r = pussh(local, "-q", "-F", remote.ssh_config, "cmds:pb", remote.alias)
+    assert r.returncode == 0, r.stderr
+    local.docker("rmi", "cmds:pb")
+    assert not local.has_image("cmds:pb")
+
+    # A dry run says what would come and changes nothing here.
+    wire, r = received_on_wire(remote, lambda: pussh(local, "pull", "--json", "-n", "-F", remote.ssh_config,
+                                                     remote.alias, "cmds:pb"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    (dry,) = results_of(r)
+    assert dry["dry_run"] and not set(dry["sent"]) & set(shared) and wire < 300_000
+    assert not local.has_image("cmds:pb")
+
+    wire, r = received_on_wire(remote, lambda: pussh(local, "pull", "--json", "-F", remote.ssh_config,
+                                                     remote.alias, "cmds:pb"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    (res,) = results_of(r)
+    assert res["ok"] and res["via"] == "containerd" and not set(res["sent"]) & set(shared)
+    assert wire < sum(shared.values()) * 0.5, (wire, shared)  # the shared 5 MiB layer did not cross
+    assert run_output(local, "cmds:pb") == want
+    assert local.diff_ids("cmds:pb") == remote.diff_ids("cmds:pb")
+    again, r = received_on_wire(remote, lambda: pussh(local, "pull", "--json", "-F", remote.ssh_config,
+                                                      remote.alias, "cmds:pb"))
+    assert r.returncode == 0 and results_of(r)[0]["blobs_sent"] == 0 and again < 300_000, r.stdout + r.stderr
+    text = pussh(local, "pull", "-F", remote.ssh_config, remote.alias, "cmds:pb")
+    assert text.returncode == 0 and ": pulled cmds:pb" in text.stdout, text.stdout + text.stderr
+
+    # Bad input: one line, non-zero, nothing made here.
+    one_line_error(pussh(local, "pull", "-F", remote.ssh_config, remote.alias, "cmds:nosuch"), 1,
+                   "no image cmds:nosuch on the server")
+    assert not local.has_image("cmds:nosuch")
+    one_line_error(pussh(local, "pull", "-F", remote.ssh_config, remote.alias, "Bad Ref"), 2, "invalid reference")
+    one_line_error(pussh(local, "pull", "-F", remote.ssh_config, remote.alias), 2, "Missing argument")
+    one_line_error(pussh(local, "pull", "--via", "registry", remote.alias, "cmds:pb"), 2, "--via registry")

@@ -38,6 +38,9 @@ def one_line_error(p, fragment, code):
     (["Bad Ref", "--to", "h"], "invalid reference format"),
     (["compose"], "Missing argument"),
     (["completion", "tcsh"], "tcsh"),
+    (["pull", "host"], "Missing argument"),
+    (["pull", "host", "Bad Ref"], "invalid reference format"),
+    (["pull", "host", "app:1", "--via", "load"], "pull reads the server's containerd directly"),
 ])
 def test_usage_errors(args, fragment):
     one_line_error(run(*args), fragment, 2)
@@ -129,7 +132,7 @@ def test_help_lists_commands_and_ends_with_three_examples():
     p = run("--help")
     assert p.returncode == 0
     assert "--to" in p.stdout and "--dry-run" in p.stdout
-    for cmd in ("compose", "install-docker-plugin", "completion", "push"):
+    for cmd in ("compose", "install-docker-plugin", "completion", "pull", "push"):
         assert f"  {cmd} " in p.stdout
     tail = p.stdout.rstrip().split("Examples:")[-1]
     assert p.stdout.count("Examples:") == 1 and tail.count("\n  pussh ") == 3, tail
