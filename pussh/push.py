@@ -19,7 +19,7 @@ import asyncssh
 import ctrd
 from oci.manifest import Platform
 
-from . import remote, ssh
+from . import relay, remote, ssh
 from .classic import load_image
 from .copy import account_dry_run, copy_image
 from .dest_containerd import ContainerdDestination
@@ -28,7 +28,6 @@ from .plan import Plan, make_plan
 from .progress import UI, human_bytes
 from .source import ImageSource
 from .target import Target
-from .transfer import send_registry_image
 
 REGISTRY_NAMESPACE = "moby"  # Docker's containerd image store, where the registry path writes
 VIAS = ("auto", "containerd", "registry", "load")
@@ -56,6 +55,7 @@ class HostResult:
     ok: bool = False
     error: str | None = None
     via: str | None = None  # the path taken: containerd, registry or load
+    transport: str | None = None  # how its bytes travel: forward (sshd's), stdio (a relay command's), exec
     blobs_sent: int = 0
     blobs_skipped: int = 0
     bytes_sent: int = 0
@@ -157,12 +157,16 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
         # Server facts in one round trip; whether sshd forwards to the usual containerd socket is
         # asked alongside. (Not the tag's target with --platform: a server that pulled one platform
         # of an index has the same target without the other platforms' content.)
-        server, current, direct_problem = await _probe(conn, opts, None if opts.platforms else source.ref.name)
-        via = _choose(server, opts, direct_problem, label)
+        server, current, access = await _probe(conn, opts, None if opts.platforms else source.ref.name)
+        via = _choose(server, opts, access.direct_problem, label)
+        result.via = via
+        result.transport = access.direct_transport if via == "containerd" else \
+            "stdio" if via == "registry" and access.tcp_refused else "forward" if via == "registry" else "exec"
+        why = access.direct_problem if via != "containerd" else \
+            "sshd forwards no unix socket: over a relay's stdio" if access.direct_relay else ""
         ui.debug(f"{label}: docker {server.docker_version or 'none'} ({' '.join(server.docker) or '-'}), containerd at "
                  f"{server.containerd_socket}, {'containerd' if server.containerd_store else 'classic'} image store, "
-                 f"{server.platform}; via {via}" + (f" ({direct_problem})" if direct_problem and via != "containerd" else ""))
-        result.via = via
+                 f"{server.platform}; via {via} ({result.transport})" + (f": {why}" if why else ""))
         token = host.token
         starting: asyncio.Future[remote.RegistryContainer] | None = host.registry  # an earlier image's
         known = source.root.digest if source.root is not None else None  # None: made by resolve()
@@ -175,7 +179,8 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
         if via == "containerd":
             dest = await stack.enter_async_context(
                 ContainerdDestination.open(conn, server.require_socket(), source.ref, docker=bool(server.docker),
-                                           namespace=opts.namespace, snapshotter=opts.snapshotter))
+                                           namespace=opts.namespace, snapshotter=opts.snapshotter,
+                                           relay=access.direct_relay, jobs=opts.jobs))
             result.namespace = dest.namespace
             if opts.dry_run:  # open() took a lease: dropped again, a dry run leaves nothing
                 opened = dest
@@ -208,8 +213,11 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             from .dest_registry import RegistryDestination  # aiohttp: imported only on this path
             assert starting is not None
             container = await asyncio.shield(starting)
+            # Where sshd forwards no TCP, the registry's port is reached from inside its container.
+            port_relay = relay.command(remote.REGISTRY_PYTHON, f"127.0.0.1:{container.port}",
+                                       (*server.docker, "exec", "-i", container.id)) if access.tcp_refused else None
             dest = await stack.enter_async_context(
-                RegistryDestination.open(conn, container.port, token, source.ref, opts.jobs, opts.timeout))
+                RegistryDestination.open(conn, container.port, token, source.ref, opts.jobs, opts.timeout, port_relay))
         else:
             await dest.prepare(plan, source)
         free = asyncio.ensure_future(remote.free_bytes(conn, server))  # asked alongside the diff
@@ -226,6 +234,19 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             raise await remote.explain_failure(conn, server, err) from err
         finally:
             result.unpacked = list(getattr(dest, "unpacked", []))
+
+
+@dataclass
+class Access:
+    """How the push can reach the server's containerd socket and the registry's port."""
+
+    direct_problem: str = ""  # why the direct path cannot be taken ("": it can)
+    direct_relay: list[str] | None = None  # argv of a stdio relay to the socket; None: sshd forwards it
+    tcp_refused: bool = False  # sshd forwards no TCP: the registry is reached through a relay too
+
+    @property
+    def direct_transport(self) -> str:
+        return "forward" if self.direct_relay is None else "stdio"
 
 
 async def _dry_run(conn: ssh.Connection, server: remote.Server, via: str, dest: ContainerdDestination | None,
@@ -261,38 +282,49 @@ async def _dry_run(conn: ssh.Connection, server: remote.Server, via: str, dest: 
     await remote.check_space(conn, server, result.bytes_sent)
 
 
-async def _probe(conn: ssh.Connection, opts: PushOptions, image: str | None) -> tuple[remote.Server, str | None, str]:
-    """The server's facts, its tag's current target, and why the direct path cannot be taken ("" if it can)."""
+async def _probe(conn: ssh.Connection, opts: PushOptions, image: str | None) -> tuple[remote.Server, str | None, Access]:
+    """The server's facts, its tag's current target, and how it can be reached. Whether sshd
+    forwards to the usual containerd socket, and forwards TCP, is asked alongside the probe."""
     guess = opts.remote_containerd_socket or remote.CONTAINERD_SOCKETS[0]
     checking = asyncio.ensure_future(_refusal(conn, guess)) if opts.via in ("auto", "containerd") else None
+    tcp = asyncio.ensure_future(_refusal_tcp(conn)) if opts.via in ("auto", "registry") else None
     try:
         server, current = await remote.probe(conn, opts.remote_docker, opts.remote_containerd_socket, image)
+        access = Access(tcp_refused=bool(await tcp) if tcp is not None else False)
     except BaseException:
-        if checking is not None:
-            checking.cancel()
+        for t in (checking, tcp):
+            if t is not None:
+                t.cancel()
         raise
     if checking is None:
-        return server, current, "not asked for"
+        access.direct_problem = "not asked for"
+        return server, current, access
     refusal = await checking
     if server.containerd_socket is None:
-        return server, current, server.socket_problem
-    if server.containerd_socket != guess:
-        refusal = await _refusal(conn, server.containerd_socket)
+        access.direct_problem = server.socket_problem
+        return server, current, access
+    socket = server.containerd_socket
+    if socket != guess:
+        refusal = await _refusal(conn, socket)
     if isinstance(refusal, ssh.SocketRefused) and server.socket_writable:
         # OpenSSH answers a refused stream-local forward as it answers a failed connect: the
         # probe's word that this user may open the socket tells them apart.
         refusal = ssh.ForwardRefused(f"{conn.label}: sshd refuses to forward unix sockets "
                                      "(AllowStreamLocalForwarding or DisableForwarding)")
     elif isinstance(refusal, ssh.SocketRefused):
-        refusal = ssh.SocketRefused(f"{conn.label}: this user may not open {server.containerd_socket} (its group is "
-                                    f"{server.socket_gid})")
+        refusal = ssh.SocketRefused(f"{conn.label}: this user may not open {socket} (its group is {server.socket_gid})")
     if refusal is not None:
-        problem = str(refusal).split(": ", 1)[-1]
+        # The same bytes over a command's stdio: as this user where sshd refuses to forward, as
+        # root through `sudo -n` where this user may not open the socket.
+        prefix = () if isinstance(refusal, ssh.ForwardRefused) else ("sudo", "-n") if server.sudo_ok else None
+        if server.python and prefix is not None:
+            access.direct_relay = relay.command(server.python, socket, prefix)
+        else:
+            access.direct_problem = str(refusal).split(": ", 1)[-1] + (
+                "" if server.python or prefix is None else ", and the server has no python3 to relay through")
     elif server.docker and not server.containerd_store and not opts.namespace:
-        problem = "the server's Docker keeps the classic image store, which does not read containerd's"
-    else:
-        problem = ""
-    return server, current, problem
+        access.direct_problem = "the server's Docker keeps the classic image store, which does not read containerd's"
+    return server, current, access
 
 
 async def _refusal(conn: ssh.Connection, socket: str) -> ssh.ForwardRefused | ssh.SocketRefused | None:
@@ -303,7 +335,17 @@ async def _refusal(conn: ssh.Connection, socket: str) -> ssh.ForwardRefused | ss
     return None
 
 
+async def _refusal_tcp(conn: ssh.Connection) -> ssh.ForwardRefused | None:
+    try:
+        await conn.check_tcp()
+    except ssh.ForwardRefused as err:
+        return err
+    return None
+
+
 def _choose(server: remote.Server, opts: PushOptions, direct_problem: str, label: str) -> str:
+    """The path: the direct one where it works, else the registry (Docker's containerd store) or
+    docker load (the classic store)."""
     if opts.via == "containerd":
         if direct_problem:
             raise PusshError(f"{label}: --via containerd: {direct_problem}; log in as root or as a member of the "
@@ -334,6 +376,7 @@ async def _start_registry(conn: ssh.Connection, server: remote.Server, opts: Pus
             return await remote.start_registry(conn, server, opts.registry_image, token, REGISTRY_NAMESPACE,
                                                timeout=opts.timeout)
         except remote.RegistryImageMissing:
+            from .transfer import send_registry_image  # aiohttp (the local Engine API): only here
             await send_registry_image(conn, server, opts.registry_image, ui)
             return await remote.start_registry(conn, server, opts.registry_image, token, REGISTRY_NAMESPACE,
                                                timeout=opts.timeout)
