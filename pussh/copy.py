@@ -34,8 +34,9 @@ async def copy_image(source: ImageSource, dest: Destination, plan: Plan, *, jobs
                      label: str, check_space: Callable[[int], Awaitable[None]] | None = None) -> None:
     missing = await dest.missing(plan.blobs)
     lacking = {b.digest for b in missing}
+    result.blobs_skipped = result.bytes_skipped = 0  # counted anew by each attempt
     for b in plan.blobs:
-        if b.digest not in lacking:
+        if b.digest not in lacking and b.digest not in result.sent:  # (sent by an earlier attempt)
             result.blobs_skipped += 1
             result.bytes_skipped += b.size
     needed = sum(b.size for b in missing)

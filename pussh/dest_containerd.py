@@ -24,7 +24,7 @@ from oci import manifest as M
 from oci import reference as R
 
 from .copy import Source
-from .errors import ConnectionLost, PusshError
+from .errors import ConnectionLost, PusshError, Transient
 from .plan import Plan
 from .source import ImageSource
 from .ssh import Connection
@@ -113,6 +113,8 @@ class ContainerdDestination:
             if not self.conn.is_open():
                 raise ConnectionLost(f"{self.label}: connection lost during the push ({err}); "
                                      "run it again to resume") from err
+            if isinstance(err, ctrd.Unavailable):  # restarting, or a stream it reset: worth another try
+                raise Transient(f"{self.label}: the server's containerd failed {what}: {err}") from err
             raise PusshError(f"{self.label}: the server's containerd failed {what}: {err}") from err
 
     async def current(self, name: str) -> str | None:

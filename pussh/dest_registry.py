@@ -13,7 +13,7 @@ from oci import manifest as M
 from oci import reference as R
 
 from .copy import Source
-from .errors import ConnectionLost, PusshError
+from .errors import ConnectionLost, Transient
 from .source import repository_path
 from .ssh import Connection
 from .upload import Registry
@@ -34,7 +34,7 @@ class RegistryDestination:
             if not self.conn.is_open():
                 raise ConnectionLost(f"{self.conn.label}: connection lost during the push ({what}); "
                                      "run it again to resume") from err
-            raise PusshError(f"{self.conn.label}: the registry on the server failed: {what}") from err
+            raise Transient(f"{self.conn.label}: the registry on the server failed: {what}") from err
 
     @classmethod
     @contextlib.asynccontextmanager

@@ -14,8 +14,18 @@ class UsageError(PusshError):
     exit_code = 2
 
 
-class ConnectionLost(PusshError):
+class Transient(PusshError):
+    """A fault that may pass (a dropped connection, a restarting daemon): the push is tried again,
+    resuming, until --timeout has passed since the fault."""
+
+
+class ConnectionLost(Transient):
     """The SSH connection under the push is gone: what was committed stays, and a re-run resumes."""
+
+
+class ConnectFailed(Transient):
+    """The SSH connection could not be made (refused, timed out, unreachable): transient only for a
+    push that had connected before."""
 
 
 class LocalReadError(PusshError):

@@ -23,7 +23,7 @@ from . import relay, remote, ssh
 from .classic import load_image
 from .copy import account_dry_run, copy_image
 from .dest_containerd import ContainerdDestination
-from .errors import ConnectionLost, LocalReadError, PusshError, UsageError
+from .errors import ConnectionLost, LocalReadError, PusshError, Transient, UsageError
 from .plan import Plan, make_plan
 from .progress import UI, human_bytes
 from .source import ImageSource
@@ -68,6 +68,7 @@ class HostResult:
     digest: str | None = None
     sent: list[str] = field(default_factory=list)  # digests of the blobs sent
     exit_code: int = 0
+    retries: int = 0  # attempts after a fault that passed (or did not, when ok is false)
     dry_run: bool = False  # blobs_sent, bytes_sent and sent are then what a push would send
 
     def summary(self) -> str:
@@ -100,6 +101,11 @@ class HostSession:
     async def close(self) -> None:
         await self.stack.aclose()
 
+    async def reset(self) -> None:
+        """After a fault: close what this session opened; the next attempt opens it anew."""
+        await self.close()
+        self.conn, self.registry, self.stack = None, None, contextlib.AsyncExitStack()
+
 
 async def push_images_to_host(sources: list[ImageSource], target: Target, opts: PushOptions, ui: UI,
                               connecting: asyncio.Future[ssh.Connection] | None = None) -> list[HostResult]:
@@ -121,7 +127,7 @@ async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, u
     t0 = time.monotonic()
     own, host = host is None, host or HostSession()
     try:
-        await _push(source, target, opts, ui, result, connecting, host)
+        await _ride_out(source, target, opts, ui, result, connecting, host)
         result.ok = True
     except PusshError as err:
         result.error, result.exit_code = str(err), err.exit_code
@@ -139,6 +145,33 @@ async def push_to_host(source: ImageSource, target: Target, opts: PushOptions, u
             await host.close()
     result.seconds = time.monotonic() - t0
     return result
+
+
+async def _ride_out(source: ImageSource, target: Target, opts: PushOptions, ui: UI, result: HostResult,
+                    connecting: asyncio.Future[ssh.Connection] | None, host: HostSession) -> None:
+    """The push, tried again after a fault that may pass (SSH dropped, a daemon or the registry
+    restarting), for up to --timeout seconds from the fault: each attempt reconnects and resumes,
+    the blobs already committed skipped and a blob in flight continued from the server's offset."""
+    deadline: float | None = None
+    attempt, progress = 0, 0
+    while True:
+        try:
+            await _push(source, target, opts, ui, result, connecting, host)
+            return
+        except (Transient, asyncssh.Error, OSError, asyncio.TimeoutError) as err:
+            if host.conn is None and attempt == 0:
+                raise  # never connected: a wrong host or a server that is down, not a fault that passes
+            now = time.monotonic()
+            if deadline is None or result.bytes_sent > progress:  # the clock starts at a fault
+                deadline, progress = now + opts.timeout, result.bytes_sent
+            if opts.dry_run or now >= deadline:
+                raise
+            ui.line(f"{target}: {str(err) or type(err).__name__}; trying again ({deadline - now:.0f}s left)")
+            result.retries += 1
+            await host.reset()
+            connecting = None
+            await asyncio.sleep(min(0.5 * 2 ** attempt, 4))
+            attempt += 1
 
 
 def connect(target: Target, opts: PushOptions) -> asyncio.Future[ssh.Connection]:

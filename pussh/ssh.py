@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncssh
 from asyncssh.encryption import get_default_encryption_algs
 
-from .errors import PusshError
+from .errors import ConnectFailed, ConnectionLost, PusshError
 from .target import Target
 
 # Measured 30-45 % faster than asyncssh's default (chacha20-poly1305) on these machines.
@@ -75,7 +75,7 @@ class Connection:
         except asyncssh.TimeoutError as err:
             raise PusshError(f"{self.label}: remote command timed out: {shlex.join(argv[:3])} ...") from err
         except (asyncssh.Error, OSError) as err:
-            raise PusshError(f"{self.label}: connection lost: {_reason(err)}") from err
+            raise ConnectionLost(f"{self.label}: connection lost: {_reason(err)}") from err
         status = res.exit_status if res.exit_status is not None else 255
         return Result(list(argv), status, str(res.stdout or ""), str(res.stderr or ""))
 
@@ -251,9 +251,9 @@ async def connect(target: Target, opts: SSHOptions) -> Connection:
     except socket.gaierror as err:
         raise PusshError(f"{label}: unknown host {host!r} ({err.strerror})") from err
     except ConnectionRefusedError as err:
-        raise PusshError(f"{label}: connection refused (is sshd running and listening on that port?)") from err
+        raise ConnectFailed(f"{label}: connection refused (is sshd running and listening on that port?)") from err
     except (asyncio.TimeoutError, TimeoutError) as err:
-        raise PusshError(f"{label}: timed out connecting over ssh") from err
+        raise ConnectFailed(f"{label}: timed out connecting over ssh") from err
     except asyncssh.HostKeyNotVerifiable as err:
         if _has_known_host_key(options):
             raise PusshError(
@@ -270,7 +270,7 @@ async def connect(target: Target, opts: SSHOptions) -> Connection:
     except asyncssh.DisconnectError as err:
         raise PusshError(f"{label}: ssh connection failed: {_reason(err)}") from err
     except OSError as err:
-        raise PusshError(f"{label}: cannot connect: {err.strerror or err}") from err
+        raise ConnectFailed(f"{label}: cannot connect: {err.strerror or err}") from err
     except asyncssh.Error as err:
         raise PusshError(f"{label}: ssh error: {_reason(err)}") from err
     return Connection(target, conn, label)

@@ -27,6 +27,10 @@ class RegistryError(PusshError):
         self.status = status
 
 
+class Unreachable(RegistryError, errors.Transient):
+    """Retries ran out on connection errors: the registry (or its container) is gone for now."""
+
+
 class ConnectionLost(RegistryError, errors.ConnectionLost):
     """The SSH connection under the tunnel is gone: retrying is pointless."""
 
@@ -135,8 +139,9 @@ class Registry:
             except (_Retry, aiohttp.ClientError, asyncio.TimeoutError) as err:
                 self._check_alive(err)
                 if attempt == RETRIES:
-                    raise RegistryError(f"{self.label}: upload of {digest[:19]} failed after {RETRIES} retries: "
-                                        f"{err or type(err).__name__}") from err
+                    kind = RegistryError if isinstance(err, _Retry) else Unreachable
+                    raise kind(f"{self.label}: upload of {digest[:19]} failed after {RETRIES} retries: "
+                               f"{err or type(err).__name__}") from err
                 await asyncio.sleep(min(0.5 * 2**attempt, 8))
         raise AssertionError("unreachable")
 

@@ -27,9 +27,12 @@ from ._proc import (LIVE, STATE_BASE, Daemon, Slot, TestbedError, docker_ping, k
 from .local import DockerHostMixin, Store, containerd_toml, daemon_json, require_tools
 
 NFQ_DELAY = Path(__file__).with_name("nfq_delay.py")
-# paths made private inside the remote (bind mounts of <dir>/<key>)
+# paths made private inside the remote (bind mounts of <dir>/<key>). /root too: the remote's root
+# must not run this machine's ~/.bashrc on every SSH session (here it runs `pyenv rehash`, whose lock,
+# left by a session a test killed, made every later login wait a minute).
 PRIVATE_DIRS = {"run": "/run", "var-lib-containerd": "/var/lib/containerd", "var-lib-docker": "/var/lib/docker",
-                "etc-docker": "/etc/docker", "etc-containerd": "/etc/containerd", "etc-sudoers.d": "/etc/sudoers.d"}
+                "etc-docker": "/etc/docker", "etc-containerd": "/etc/containerd", "etc-sudoers.d": "/etc/sudoers.d",
+                "root-home": "/root"}
 REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CRI_NAMESPACE = "k8s.io"
 
@@ -114,13 +117,19 @@ class RemoteHost(DockerHostMixin):
             self._wait(ctd, self._containerd_ready, 30, "containerd socket")
             if dockerd is not None:
                 self._wait(dockerd, self._dockerd_ready, 60, "dockerd /_ping")
-            self._wait(sshd, lambda: self.ssh("true", check=False, timeout=10).returncode == 0, 20, "ssh login")
+            self._wait(sshd, self._ssh_login_works, 40, "ssh login")
             if rate or delay:
                 self.shape(rate, delay)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - t0
+
+    def _ssh_login_works(self) -> bool:
+        try:  # a login that hangs on a loaded machine is one more try, not a failed start
+            return self.ssh("true", check=False, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def _write_files(self) -> None:
         d = self.dir
