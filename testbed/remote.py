@@ -27,12 +27,13 @@ from ._proc import (LIVE, STATE_BASE, Daemon, Slot, TestbedError, docker_ping, k
 from .local import DockerHostMixin, Store, containerd_toml, daemon_json, require_tools
 
 NFQ_DELAY = Path(__file__).with_name("nfq_delay.py")
-# paths made private inside the remote (bind mounts of <dir>/<key>). /root too: the remote's root
-# must not run this machine's ~/.bashrc on every SSH session (here it runs `pyenv rehash`, whose lock,
-# left by a session a test killed, made every later login wait a minute).
+# paths made private inside the remote (bind mounts of <dir>/<key>)
 PRIVATE_DIRS = {"run": "/run", "var-lib-containerd": "/var/lib/containerd", "var-lib-docker": "/var/lib/docker",
-                "etc-docker": "/etc/docker", "etc-containerd": "/etc/containerd", "etc-sudoers.d": "/etc/sudoers.d",
-                "root-home": "/root"}
+                "etc-docker": "/etc/docker", "etc-containerd": "/etc/containerd", "etc-sudoers.d": "/etc/sudoers.d"}
+# The remote's root must not run this machine's ~/.bashrc on every SSH session (bash does, when sshd
+# starts it): here it runs `pyenv rehash`, whose lock, left by a session a test killed, made every
+# later login wait a minute. An empty file is mounted over it inside the remote.
+ROOT_BASHRC = Path("/root/.bashrc")
 REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CRI_NAMESPACE = "k8s.io"
 
@@ -213,6 +214,9 @@ Host {alias}
             Path(target).mkdir(parents=True, exist_ok=True)
         binds = [f"mount --bind {shlex.quote(str(self.dir / k))} {v}" for k, v in PRIVATE_DIRS.items()]
         binds.append(f"mount --bind {shlex.quote(str(self.dir / 'hosts'))} /etc/hosts")
+        if ROOT_BASHRC.is_file():
+            (self.dir / "bashrc").write_text("")
+            binds.append(f"mount --bind {shlex.quote(str(self.dir / 'bashrc'))} {ROOT_BASHRC}")
         self.run("sh", "-ec", "\n".join([f"hostname {self.hostname}", *binds, "ip link set lo up"]))
 
     def _setup_veth(self) -> None:
