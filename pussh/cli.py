@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import __version__
+from . import VIAS, __version__
 from .errors import PusshError, UsageError
 
 if TYPE_CHECKING:  # the rest is imported when a push runs: --version and --help stay fast
@@ -79,7 +79,7 @@ _COMMON_OPTIONS = [
                  help="Local containerd namespace (default $CONTAINERD_NAMESPACE or moby)."),
     click.option("--docker-host", metavar="URL",
                  help="Local Docker daemon (default $DOCKER_HOST or unix:///var/run/docker.sock)."),
-    click.option("--via", type=click.Choice(["auto", "containerd", "registry", "load"]), default="auto", show_default=True,
+    click.option("--via", type=click.Choice(VIAS), default="auto", show_default=True,
                  help="The path into the server: containerd (its socket, forwarded over SSH), registry (a short-lived "
                       "registry container, for docker-group users), load (docker load, for Docker's classic store); "
                       "auto takes the first that works, in that order."),

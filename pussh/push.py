@@ -30,7 +30,6 @@ from .source import ImageSource
 from .target import Target
 
 REGISTRY_NAMESPACE = "moby"  # Docker's containerd image store, where the registry path writes
-VIAS = ("auto", "containerd", "registry", "load")
 
 
 @dataclass

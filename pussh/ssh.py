@@ -88,13 +88,6 @@ class Connection:
             yield path
 
     @asynccontextmanager
-    async def forward_unix(self, remote_path: str) -> AsyncIterator[str]:
-        """A local unix socket whose connections reach the server's unix socket `remote_path`
-        through direct-streamlocal channels. Yields the local path."""
-        async with self._local_socket("remote.sock", lambda path: self.conn.forward_local_path(path, remote_path)) as path:
-            yield path
-
-    @asynccontextmanager
     async def _local_socket(self, name: str, listen) -> AsyncIterator[str]:
         d = tempfile.mkdtemp(prefix="pussh-")  # 0700: only this user may connect
         path = os.path.join(d, name)
