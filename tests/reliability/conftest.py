@@ -55,7 +55,7 @@ def pytest_runtest_logreport(report):
 def _git(*args: str) -> str:
     import subprocess
     cp = subprocess.run(["git", *args], cwd=HERE.parents[1], capture_output=True, text=True)
-    return cp.stdout.strip()
+    return cp.stdout.rstrip("\n")  # (not strip: porcelain lines begin with a space)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -67,7 +67,7 @@ def pytest_sessionfinish(session, exitstatus):
     now = time.time()
     run = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(_RUN["started"])),
-        "commit": _git("rev-parse", "HEAD"),
+        "commit": _git("rev-parse", "HEAD").strip(),
         # what ran besides the commit: every uncommitted file of the tree (others' work in progress too)
         "uncommitted": [l[3:] for l in _git("status", "--porcelain", "--untracked-files=no").splitlines()
                         if "tests/reliability/out/" not in l and not l[3:].endswith("RELIABILITY.md")],

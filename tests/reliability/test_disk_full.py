@@ -50,10 +50,15 @@ def free(remote) -> int:
 
 
 def fill_to(remote, left: int) -> None:
-    """Take all but `left` bytes of the tmpfs (one more file each time: tmpfs has no fragmentation)."""
-    n = free(remote) - left
-    if n > 0:
-        remote.run("sh", "-c", f"fallocate -l {n} {FILLER}.$(date +%s%N)")
+    """Take all but `left` bytes of the tmpfs (one more file each time: tmpfs has no fragmentation).
+    A push writing meanwhile can take the space between df and fallocate (ENOSPC): measure again."""
+    for _ in range(50):
+        n = free(remote) - left
+        if n <= 0:
+            return
+        if remote.run("sh", "-c", f"fallocate -l {n} {FILLER}.$(date +%s%N)", check=False).returncode == 0:
+            return
+    raise AssertionError(f"could not fill the disk to {left} bytes free (now {free(remote)})")
 
 
 def unfill(remote) -> None:

@@ -45,20 +45,25 @@ LOST = Outcome(1, "connection-lost", "old")
 RETRIES = Outcome(1, "retries-exhausted", "old")
 KILLED = Outcome(-9, None, "old")
 
-# Today's behaviour, per fault and path, asserted exactly. Transient-fault survival (being built in
-# pussh/) will flip entries to SURVIVES; a change of behaviour, better or worse, fails here first.
+# Today's behaviour, per fault and path, asserted exactly: since ca43cd6 pussh rides out faults that
+# pass within --timeout (typed Transient errors; each attempt reconnects and resumes). A fault that
+# does not pass (the link dead until pussh gives up) and SIGKILL still end the push, old tag whole.
+# A change of behaviour, better or worse, fails here first; flip the entry with it.
 EXPECT: dict[tuple[str, str], Outcome] = {
-    ("ssh-killed-at-10pct", "registry"): LOST,
-    ("ssh-killed-at-10pct", "containerd"): LOST,
-    ("ssh-killed-at-99pct", "registry"): LOST,
-    ("ssh-killed-at-99pct", "containerd"): LOST,
-    ("traffic-dropped-at-50pct", "registry"): LOST,
+    ("ssh-killed-at-10pct", "registry"): SURVIVES,
+    ("ssh-killed-at-10pct", "containerd"): SURVIVES,
+    ("ssh-killed-at-99pct", "registry"): SURVIVES,
+    ("ssh-killed-at-99pct", "containerd"): SURVIVES,
+    # dropped until pussh gives up: it does not pass; the reconnect attempts time out
+    ("traffic-dropped-at-50pct", "registry"): Outcome(1, "reconnect-timed-out", "old"),
     ("traffic-blip-at-50pct", "registry"): SURVIVES,  # TCP rides out 5 s of loss
     ("traffic-blip-at-50pct", "containerd"): SURVIVES,
-    ("registry-killed", "registry"): RETRIES,
-    ("containerd-restarted", "registry"): RETRIES,  # ~15 s of retries, shorter than the restart
-    ("containerd-restarted", "containerd"): Outcome(1, "containerd-failed", "old"),
-    ("dockerd-restarted", "registry"): RETRIES,  # it stops the registry container
+    ("registry-killed", "registry"): SURVIVES,
+    # not ridden out on the registry path: the registry's own retries (5) end before the restart does, and
+    # pussh takes its error for a final one (ca43cd6 says it rides out a containerd restart: not here)
+    ("containerd-restarted", "registry"): RETRIES,
+    ("containerd-restarted", "containerd"): SURVIVES,
+    ("dockerd-restarted", "registry"): SURVIVES,  # it stops the registry container: a new one is started
     ("dockerd-restarted", "containerd"): SURVIVES,  # the direct path does not go through dockerd
     ("pussh-sigkilled", "registry"): KILLED,
     ("pussh-sigkilled", "containerd"): KILLED,
@@ -68,6 +73,8 @@ EXPECT: dict[tuple[str, str], Outcome] = {
 def message_kind(error: str) -> str:
     if "connection lost" in error:
         return "connection-lost"
+    if "timed out connecting" in error:
+        return "reconnect-timed-out"
     if "disk is full" in error:
         return "disk-full"
     if re.search(r"failed after \d+ retries", error):
