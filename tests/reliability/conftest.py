@@ -43,7 +43,20 @@ def pytest_sessionstart(session):
     _RUN["started"] = time.time()
 
 
-def pytest_runtest_logreport(report):
+class _Outcomes:
+    """Registered as a plugin: a conftest's own runtest hooks see only the tests under its directory,
+    and the run's record also covers tests/e2e/test_registry_clients.py and test_registry_cli.py."""
+
+    @staticmethod
+    def pytest_runtest_logreport(report):
+        _logreport(report)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_Outcomes(), "reliability-outcomes")
+
+
+def _logreport(report):
     o = _RUN["outcomes"].setdefault(report.nodeid, {"outcome": "passed", "seconds": 0.0})
     o["seconds"] = round(o["seconds"] + report.duration, 2)
     if report.failed:
