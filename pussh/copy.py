@@ -25,7 +25,8 @@ class Destination(Protocol):
     via: str  # the path's name, as --via and the JSON result spell it
 
     async def missing(self, blobs: list[Desc]) -> list[Desc]: ...
-    async def write(self, desc: Desc, source: Source) -> int: ...  # returns the offset it resumed from
+    # returns the offset it resumed from, or None when another writer stored the blob meanwhile
+    async def write(self, desc: Desc, source: Source) -> int | None: ...
     async def put_manifest(self, desc: Desc, body: bytes) -> None: ...
     async def tag(self, desc: Desc, body: bytes) -> None: ...  # stores the root too
 
@@ -55,6 +56,10 @@ async def copy_image(source: ImageSource, dest: Destination, plan: Plan, *, jobs
                 bar.discard()
                 raise
             bar.finish()
+            if resumed is None:  # a concurrent push stored it first: nothing of ours crossed
+                result.blobs_skipped += 1
+                result.bytes_skipped += b.size
+                return
             result.blobs_sent += 1
             result.bytes_sent += b.size - resumed
             result.bytes_resumed += resumed

@@ -152,7 +152,7 @@ class ContainerdDestination:
             infos = await asyncio.gather(*(look(d) for d in blobs))
         return [d for d, info in zip(blobs, infos) if info is None]
 
-    async def write(self, desc: M.Desc, source: Source) -> int:
+    async def write(self, desc: M.Desc, source: Source) -> int | None:
         resumed = -1
 
         def from_offset(offset: int) -> AsyncIterator[bytes]:
@@ -165,10 +165,13 @@ class ContainerdDestination:
         try:
             with self._mapped(f"writing {desc.digest[:19]}"):
                 # The ref is the digest's, the same in every run: a re-run finds the ingest where this one left it.
-                await ctr.content.write_blob(f"pussh-{D.hex_of(desc.digest)}", from_offset, expected=desc.digest,
-                                             total=desc.size, labels=labels, lease=self.lease)
+                written = await ctr.content.write_blob(f"pussh-{D.hex_of(desc.digest)}", from_offset,
+                                                       expected=desc.digest, total=desc.size, labels=labels,
+                                                       lease=self.lease)
         finally:
             self._writers.put_nowait(ctr)
+        if not written and resumed < 0:  # another writer committed it while this one waited for the ref
+            return None
         return max(resumed, 0)
 
     async def put_manifest(self, desc: M.Desc, body: bytes) -> None:

@@ -53,7 +53,7 @@ class RegistryDestination:
             present = await asyncio.gather(*(self.reg.has_blob(b.digest) for b in blobs))
         return [b for b, here in zip(blobs, present) if not here]
 
-    async def write(self, desc: M.Desc, source: Source) -> int:
+    async def write(self, desc: M.Desc, source: Source) -> int | None:
         with self._mapped():
             await self.reg.upload_blob(desc.digest, desc.size, source)
         return 0

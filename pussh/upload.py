@@ -139,8 +139,8 @@ class Registry:
             except (_Retry, aiohttp.ClientError, asyncio.TimeoutError) as err:
                 self._check_alive(err)
                 if attempt == RETRIES:
-                    kind = RegistryError if isinstance(err, _Retry) else Unreachable
-                    raise kind(f"{self.label}: upload of {digest[:19]} failed after {RETRIES} retries: "
+                    # 5xx or connection errors all the way: the server side is down for now
+                    raise Unreachable(f"{self.label}: upload of {digest[:19]} failed after {RETRIES} retries: "
                                f"{err or type(err).__name__}") from err
                 await asyncio.sleep(min(0.5 * 2**attempt, 8))
         raise AssertionError("unreachable")

@@ -6,7 +6,7 @@
 # (trixie's runc needs trixie's libc6, which would drag the base system and python3 along.)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-need=(dockerd containerd sshd skopeo busybox debootstrap ip iptables tc docker-registry)
+need=(dockerd containerd sshd skopeo podman busybox debootstrap ip iptables tc docker-registry)
 missing=0
 for c in "${need[@]}"; do command -v "$c" >/dev/null 2>&1 || [ -x "/usr/sbin/$c" ] || [ -x "/usr/bin/$c" ] || missing=1; done
 [ -x /usr/lib/openssh/sftp-server ] || missing=1

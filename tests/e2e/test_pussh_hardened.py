@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pussh_support import PYTHON, REPO_ROOT, build_app_image, build_registry_image, pussh
+from pussh_support import PYTHON, REPO_ROOT, build_app_image, build_registry_image
 from test_pussh_direct import push, sent_on_wire, sshd_option
 from test_pussh_push import layer_digests, no_registry_left, run_output
 

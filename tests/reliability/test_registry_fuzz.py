@@ -21,7 +21,7 @@ import socket
 from urllib.parse import quote, unquote
 
 import pytest
-from hypothesis import HealthCheck, assume, event, given, note, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from conftest import FUZZ_SCALE
