@@ -63,6 +63,7 @@ def free_port() -> int:
 class Method:
     name = ""
     label = ""
+    groups: tuple[str, ...] | None = None  # the scenario groups it runs in (None: every one)
     stores: tuple[str, ...] = ("containerd", "classic")  # the server stores it can push to
     registry_comm: str | None = None  # name of registry processes that appear during a push
 
@@ -349,4 +350,18 @@ class PusshRegistry(Pussh):
                 "(a registry container started on the server per push: the path of a docker-group user)"]
 
 
-METHODS = {m.name: m for m in (SaveLoad, RegistryPath, PusshRegistry, Pussh, CtrImport)}
+class PusshStdio(Pussh):
+    name, label = "pussh-stdio", "pussh --transport stdio"
+    stores = ("containerd",)
+    groups = ("main",)  # S1-S3: the relay beside the forward (issue "Hardened servers")
+
+    def argv(self, image: str, remotes: Sequence, *extra: str) -> list[str]:
+        return super().argv(image, remotes, "--transport", "stdio", *extra)
+
+    @staticmethod
+    def templates() -> list[str]:
+        return ["pussh --json -q -F CONFIG --registry-image pussh-registry:bench --transport stdio IMAGE HOST",
+                "(the direct path over a relay command's stdin/stdout, as on a server whose sshd forwards nothing)"]
+
+
+METHODS = {m.name: m for m in (SaveLoad, RegistryPath, PusshRegistry, Pussh, PusshStdio, CtrImport)}

@@ -16,10 +16,10 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-METHOD_ORDER = ["save-load", "registry", "ctr-import", "pussh-registry", "pussh"]
+METHOD_ORDER = ["save-load", "registry", "ctr-import", "pussh-registry", "pussh-stdio", "pussh"]
 METHOD_LABEL = {"save-load": "docker save/load over ssh", "registry": "registry path",
                 "ctr-import": "docker save + ssh + ctr import", "pussh-registry": "pussh --via registry",
-                "pussh": "pussh"}
+                "pussh-stdio": "pussh --transport stdio", "pussh": "pussh"}
 REAL_SCENARIOS = [f"R{i}.{fam}" for fam in ("web", "data") for i in (1, 2, 3, 4)]
 SCENARIO_ORDER = ["S1", "S2", "S3", "S4", "S5", "S6.1", "S6.2", "S6.3", "S7.1", "S7.2", "S7.3", "S8", "K1", "K2",
                   *REAL_SCENARIOS]

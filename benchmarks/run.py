@@ -137,7 +137,8 @@ class Runner:
 
     def group_methods(self, g: Group) -> list[Method]:
         """The chosen methods that can push to every server of the group."""
-        return [m for m in self.methods.values() if all(store in m.stores for _, store in g.remotes)]
+        return [m for m in self.methods.values() if all(store in m.stores for _, store in g.remotes)
+                and (m.groups is None or g.key in m.groups)]
 
     def steps(self, g: Group) -> list[tuple[str, int | str]]:
         want = set(self.a.scenarios)

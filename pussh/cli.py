@@ -79,6 +79,9 @@ _COMMON_OPTIONS = [
                  help="Local containerd namespace (default $CONTAINERD_NAMESPACE or moby)."),
     click.option("--docker-host", metavar="URL",
                  help="Local Docker daemon (default $DOCKER_HOST or unix:///var/run/docker.sock)."),
+    click.option("--transport", type=click.Choice(["auto", "forward", "stdio"]), default="auto", show_default=True,
+                 help="How bytes reach the server's socket: forward (sshd's channels), stdio (a relay command "
+                      "on the server, for sshd that forwards nothing); auto: forward where sshd allows it."),
     click.option("--via", type=click.Choice(VIAS), default="auto", show_default=True,
                  help="The path into the server: containerd (its socket, forwarded over SSH), registry (a short-lived "
                       "registry container, for docker-group users), load (docker load, for Docker's classic store); "
@@ -300,7 +303,7 @@ class _Item:
 
 def _push_images(items: list[_Item], hosts: list[str], *, ssh_keys, ssh_configs, platforms, no_host_key_check, jobs,
                  dry_run, quiet, as_json, registry_image, remote_docker, remote_containerd_socket, containerd_socket,
-                 containerd_namespace, docker_host, via, namespace, snapshotter, timeout, verbose,
+                 containerd_namespace, docker_host, via, transport, namespace, snapshotter, timeout, verbose,
                  pull: R.Reference | None = None) -> int:
     from oci import reference as R
     from oci.manifest import parse_platform
@@ -315,6 +318,8 @@ def _push_images(items: list[_Item], hosts: list[str], *, ssh_keys, ssh_configs,
             refs.append(R.parse(item.image))
         except R.InvalidReference as err:
             raise UsageError(f"{item.context}: {err}" if item.context else str(err)) from None
+    if pull is not None and transport == "stdio":
+        raise UsageError("pussh pull takes sshd's forwarding only: --transport stdio is for pushes")
     targets = [parse_target(h) for h in hosts]
     if len({str(t) for t in targets}) < len(targets):
         raise UsageError(f"the server {next(str(t) for t in targets if [str(x) for x in targets].count(str(t)) > 1)} "
@@ -325,7 +330,7 @@ def _push_images(items: list[_Item], hosts: list[str], *, ssh_keys, ssh_configs,
         raise UsageError(str(err)) from None
     opts = PushOptions(
         registry_image=registry_image, platforms=plats, jobs=jobs, remote_docker=remote_docker,
-        remote_containerd_socket=remote_containerd_socket, timeout=timeout, via=via,
+        remote_containerd_socket=remote_containerd_socket, timeout=timeout, via=via, transport=transport,
         namespace=namespace, snapshotter=snapshotter, dry_run=dry_run,
         ssh=SSHOptions(key_files=tuple(ssh_keys), config_files=tuple(ssh_configs),
                        host_key_check=not no_host_key_check, connect_timeout=timeout),

@@ -45,6 +45,7 @@ class PushOptions:
     namespace: str | None = None  # the server's containerd namespace (direct path); None: found out
     snapshotter: str | None = None  # for unpacking outside Docker's namespace; None: overlayfs
     dry_run: bool = False  # connect and work out what is missing; send and change nothing
+    transport: str = "auto"  # forward (sshd's channels), stdio (a relay command's), auto: forward where sshd allows
 
 
 @dataclass
@@ -318,25 +319,29 @@ async def _probe(conn: ssh.Connection, opts: PushOptions, image: str | None) -> 
     """The server's facts, its tag's current target, and how it can be reached. Whether sshd
     forwards to the usual containerd socket, and forwards TCP, is asked alongside the probe."""
     guess = opts.remote_containerd_socket or remote.CONTAINERD_SOCKETS[0]
-    checking = asyncio.ensure_future(_refusal(conn, guess)) if opts.via in ("auto", "containerd") else None
-    tcp = asyncio.ensure_future(_refusal_tcp(conn)) if opts.via in ("auto", "registry") else None
+    ask = opts.transport == "auto"
+    checking = asyncio.ensure_future(_refusal(conn, guess)) if ask and opts.via in ("auto", "containerd") else None
+    tcp = asyncio.ensure_future(_refusal_tcp(conn)) if ask and opts.via in ("auto", "registry") else None
     try:
         server, current = await remote.probe(conn, opts.remote_docker, opts.remote_containerd_socket, image)
-        access = Access(tcp_refused=bool(await tcp) if tcp is not None else False)
+        access = Access(tcp_refused=bool(await tcp) if tcp is not None else opts.transport == "stdio")
     except BaseException:
         for t in (checking, tcp):
             if t is not None:
                 t.cancel()
         raise
-    if checking is None:
+    if opts.via not in ("auto", "containerd"):
         access.direct_problem = "not asked for"
         return server, current, access
-    refusal = await checking
+    refusal = await checking if checking is not None else None
     if server.containerd_socket is None:
         access.direct_problem = server.socket_problem
         return server, current, access
     socket = server.containerd_socket
-    if socket != guess:
+    if opts.transport == "stdio":  # as if sshd forwarded nothing
+        refusal = ssh.ForwardRefused(f"{conn.label}: --transport stdio") if server.socket_writable else \
+            ssh.SocketRefused(f"{conn.label}: --transport stdio")
+    elif socket != guess or checking is None:
         refusal = await _refusal(conn, socket)
     if isinstance(refusal, ssh.SocketRefused) and server.socket_writable:
         # OpenSSH answers a refused stream-local forward as it answers a failed connect: the
@@ -349,6 +354,8 @@ async def _probe(conn: ssh.Connection, opts: PushOptions, image: str | None) -> 
         # The same bytes over a command's stdio: as this user where sshd refuses to forward, as
         # root through `sudo -n` where this user may not open the socket.
         prefix = () if isinstance(refusal, ssh.ForwardRefused) else ("sudo", "-n") if server.sudo_ok else None
+        if opts.transport == "forward":
+            prefix = None  # no relay: the forward or nothing
         if server.python and prefix is not None:
             access.direct_relay = relay.command(server.python, socket, prefix)
         else:

@@ -67,6 +67,17 @@ def test_push_without_forwarding(local, remote_host, dguser, option, user):
         no_registry_left(remote)
 
 
+def test_transport_stdio_forced(local, remote_host):
+    """--transport stdio where sshd would forward: the same push over the relay, both paths."""
+    build_app_image(local, "hard-forced:1", [2], seed="hard-forced")
+    for via in ("containerd", "registry"):
+        remote_host.docker("rmi", "hard-forced:1", check=False)
+        r, res = push(local, remote_host, "--registry-image", "pussh-registry:test", "--via", via,
+                      "--transport", "stdio", "hard-forced:1")
+        assert (res["via"], res["transport"]) == (via, "stdio"), r.stderr
+        assert run_output(remote_host, "hard-forced:1") == run_output(local, "hard-forced:1")
+
+
 def test_interrupted_push_without_forwarding_leaves_old_image(local, remote_host):
     remote = remote_host
     build_app_image(local, "hard-int:1", [2], seed="hard-int", last_seed="v1")
