@@ -45,6 +45,7 @@ class ContainerdDestination:
         self._diff_ids: dict[str, str | None] = {}
         self._images: list[tuple[dict, dict]] = []  # (manifest, config) of each platform, for unpack
         self.unpacked: list[str] = []  # chain IDs this push applied
+        self._wrote = False  # something went in under the lease (then it stays, for a re-run, until tag)
         # Clients for blob writes, one connection (SSH channel) each: one channel's window (sshd's
         # 2 MiB) caps a stream, so blobs in flight each get their own. Made by open().
         self._writers: asyncio.Queue[ctrd.Containerd] = asyncio.Queue()
@@ -88,7 +89,14 @@ class ContainerdDestination:
                 stack.callback(w.close)
                 dest._writers.put_nowait(w)
             dest._writers.put_nowait(ctr)
+            if not dest._wrote:  # a repeated push, a dry run or an early failure: nothing to keep
+                stack.push_async_callback(dest._drop_unused_lease)
             yield dest
+
+    async def _drop_unused_lease(self) -> None:
+        if not self._wrote and self.lease:
+            with contextlib.suppress(ctrd.ContainerdError):
+                await self.ctr.leases.delete(self.lease)
 
     async def _settle(self, docker: bool, namespace: str | None, snapshotter: str | None) -> None:
         if namespace is not None:
@@ -161,6 +169,7 @@ class ContainerdDestination:
                 resumed = offset
             return source(offset)
         labels = imagestore.missing_labels({}, self.ref.domain, self.ref.path, self._diff_ids.get(desc.digest))
+        self._wrote = True
         ctr = await self._writers.get()
         try:
             with self._mapped(f"writing {desc.digest[:19]}"):
@@ -179,6 +188,7 @@ class ContainerdDestination:
 
         async def whole(offset: int) -> AsyncIterator[bytes]:
             yield body[offset:]
+        self._wrote = True
         with self._mapped(f"storing the manifest {desc.digest[:19]}"):
             if not await self.ctr.content.write_blob(f"pussh-manifest-{D.hex_of(desc.digest)}", whole,
                                                      expected=desc.digest, total=len(body), labels=labels,

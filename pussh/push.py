@@ -214,10 +214,7 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
                 ContainerdDestination.open(conn, server.require_socket(), source.ref, docker=bool(server.docker),
                                            namespace=opts.namespace, snapshotter=opts.snapshotter,
                                            relay=access.direct_relay, jobs=opts.jobs))
-            result.namespace = dest.namespace
-            if opts.dry_run:  # open() took a lease: dropped again, a dry run leaves nothing
-                opened = dest
-                stack.push_async_callback(lambda: _shielded(opened.ctr.leases.delete(opened.lease)))
+            result.namespace = dest.namespace  # (a dry run writes nothing: open() then drops its lease)
         try:
             root = await source.resolve(zstd=server.supports_zstd)
         except PusshError:

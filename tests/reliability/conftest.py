@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,9 @@ def _count_requests(request):
 
 
 OUT = HERE / "out" / "run.json"
-_RUN: dict = {"outcomes": {}}
-
-
-def pytest_sessionstart(session):
-    import time
-    _RUN["started"] = time.time()
+# Started when this conftest loads: pytest_sessionstart is not called for a conftest found during
+# collection (as this one is when the run starts at tests/).
+_RUN: dict = {"outcomes": {}, "started": time.time()}
 
 
 class _Outcomes:
