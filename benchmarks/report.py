@@ -767,6 +767,7 @@ def write_chart(data: dict, png: Path) -> None:
     c = cells(data)
     shapes = [sh for sh in SHAPE_ORDER if any(k[1] == sh for k in c)] or ["unshaped"]
     colors = {"save-load": "#9a9a9a", "registry": "#4c72b0", "ctr-import": "#55a868", "pussh-registry": "#8172b3",
+              "pussh-stdio": "#ccb974",
               "pussh": "#dd8452"}
     fig, axes = plt.subplots(len(shapes), 1, figsize=(14, 4.6 * len(shapes)), squeeze=False)
     for ax, sh in zip(axes[:, 0], shapes, strict=False):

@@ -208,13 +208,17 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             # the host's last image).
             starting = host.registry = asyncio.ensure_future(_start_registry(conn, server, opts, token, ui))
             host.stack.push_async_callback(lambda: _shielded(_remove_once_started(conn, server, starting)))
-        dest = None
-        if via == "containerd":
-            dest = await stack.enter_async_context(
+        dest = None  # the destination, once it is needed
+
+        async def open_direct() -> ContainerdDestination:
+            opened = await stack.enter_async_context(
                 ContainerdDestination.open(conn, server.require_socket(), source.ref, docker=bool(server.docker),
                                            namespace=opts.namespace, snapshotter=opts.snapshotter,
                                            relay=access.direct_relay, jobs=opts.jobs))
-            result.namespace = dest.namespace  # (a dry run writes nothing: open() then drops its lease)
+            result.namespace = opened.namespace  # (a dry run writes nothing: open() then drops its lease)
+            return opened
+        if via == "containerd" and not server.docker:  # the tag's target is asked of containerd itself
+            dest = await open_direct()
         try:
             root = await source.resolve(zstd=server.supports_zstd)
         except PusshError:
@@ -233,6 +237,8 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             result.bytes_skipped = sum(b.size for b in plan.blobs)
             ui.debug(f"{label}: the server's {source.ref.familiar} is already {plan.root.digest}")
             return
+        if via == "containerd" and dest is None:  # opened only now: a repeated push never needs it
+            dest = await open_direct()
         if opts.dry_run:
             await _dry_run(conn, server, via, dest, source, plan, opts, result, ui, label)
             return
@@ -248,7 +254,7 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
                                        (*server.docker, "exec", "-i", container.id)) if access.tcp_refused else None
             dest = await stack.enter_async_context(
                 RegistryDestination.open(conn, container.port, token, source.ref, opts.jobs, opts.timeout, port_relay))
-        else:
+        elif isinstance(dest, ContainerdDestination):
             await dest.prepare(plan, source)
         free = asyncio.ensure_future(remote.free_bytes(conn, server))  # asked alongside the diff
         stack.callback(free.cancel)
