@@ -47,8 +47,13 @@ class ContainerdDestination:
         self.unpacked: list[str] = []  # chain IDs this push applied
         self._wrote = False  # something went in under the lease (then it stays, for a re-run, until tag)
         # Clients for blob writes, one connection (SSH channel) each: one channel's window (sshd's
-        # 2 MiB) caps a stream, so blobs in flight each get their own. Made by open().
+        # 2 MiB) caps a stream, so blobs in flight each get their own (add_writer).
         self._writers: asyncio.Queue[ctrd.Containerd] = asyncio.Queue()
+
+    def add_writer(self, ctr: ctrd.Containerd) -> None:
+        """A client blob writes may take (one per blob in flight; the same one several times is fine
+        on a local socket)."""
+        self._writers.put_nowait(ctr)
 
     @property
     def namespace(self) -> str:
@@ -87,8 +92,8 @@ class ContainerdDestination:
             for _ in range(jobs - 1):
                 w = client(ctr.namespace)
                 stack.callback(w.close)
-                dest._writers.put_nowait(w)
-            dest._writers.put_nowait(ctr)
+                dest.add_writer(w)
+            dest.add_writer(ctr)
             if not dest._wrote:  # a repeated push, a dry run or an early failure: nothing to keep
                 stack.push_async_callback(dest._drop_unused_lease)
             yield dest

@@ -156,9 +156,8 @@ async def _pull(target: Target, ref: R.Reference, opts: PushOptions, ui: UI, res
         result.digest = plan.root.digest
         result.namespace = namespace
         dest = ContainerdDestination(local, _LocalSide(), ref, opts.snapshotter or ctrd.snapshots.DEFAULT_SNAPSHOTTER)
-        writers = getattr(dest, "_writers", None)  # the clients its writes take turns on (open() fills it)
-        for _ in range(opts.jobs if writers is not None else 0):
-            writers.put_nowait(local)  # a local socket: one client carries every stream
+        for _ in range(opts.jobs):
+            dest.add_writer(local)  # a local socket: one client carries every stream
         if await dest.current(ref.name) == plan.root.digest:
             result.blobs_skipped = len(plan.blobs)
             result.bytes_skipped = sum(b.size for b in plan.blobs)
