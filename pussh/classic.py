@@ -16,8 +16,6 @@ import tarfile
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import asyncssh
-
 from oci.manifest import Desc
 
 from .errors import PusshError
@@ -26,6 +24,7 @@ from .progress import UI
 from .remote import Server, check_space, explain_failure
 from .source import ImageSource
 from .ssh import Connection
+from .sshlib import asyncssh
 
 if TYPE_CHECKING:
     from .push import HostResult

@@ -11,7 +11,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -469,3 +469,25 @@ def plugin_main() -> int:
     if args[i:i + 1] == ["pussh"]:
         i += 1
     return main(args[i:], prog_name="docker pussh")
+
+
+def _exit_now(rc: int) -> NoReturn:
+    """The program's exit without the interpreter's teardown of every module and object: 70-250 ms
+    of CPU at the end of each push (measured), spent when everything the push opened is closed and
+    its output written. Only the output is left to flush."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a reader that went away (a closed pipe): as Python's own exit reports it
+        rc = rc or 120
+    os._exit(rc)
+
+
+def run() -> NoReturn:
+    """The `pussh` program."""
+    _exit_now(main())
+
+
+def plugin_run() -> NoReturn:
+    """The `docker-pussh` program (the Docker CLI plugin)."""
+    _exit_now(plugin_main())

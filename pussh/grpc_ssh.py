@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncssh
 from grpclib.client import Channel
 from grpclib.protocol import H2Protocol
+
+from .sshlib import asyncssh
 
 
 class _Session(asyncssh.SSHUNIXSession):

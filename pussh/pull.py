@@ -11,8 +11,6 @@ import platform as _platform
 import time
 from collections.abc import AsyncIterator
 
-import asyncssh
-
 import ctrd
 import ctrd.snapshots
 from oci import reference as R
@@ -21,13 +19,14 @@ from oci.manifest import Desc, Platform, normalize_arch
 from . import remote, ssh
 from .copy import account_dry_run, copy_image
 from .dest_containerd import CRI_NAMESPACE, DOCKER_NAMESPACE, LEASE_EXPIRY, ContainerdDestination
+from .dockerinfo import uses_containerd_store
 from .errors import PusshError, UsageError
 from .plan import make_plan
 from .progress import UI
 from .push import HostResult, PushOptions, _shielded, connect
+from .sshlib import asyncssh
 from .target import Target
 
-CONTAINERD_STORE = "io.containerd.snapshotter.v1"
 
 
 class RemoteSource:
@@ -109,8 +108,7 @@ async def _local_store_ok(docker_host: str | None, namespace: str) -> None:
         return  # no Docker here: containerd alone
     finally:
         await docker.close()
-    status = dict((k, v) for k, v in (info.get("DriverStatus") or []) if isinstance(k, str))
-    if namespace == DOCKER_NAMESPACE and status.get("driver-type") != CONTAINERD_STORE:
+    if namespace == DOCKER_NAMESPACE and not uses_containerd_store(info):
         raise PusshError("the local Docker keeps the classic image store, which does not read containerd's: pull "
                          "writes into containerd (choose a namespace with --containerd-namespace)")
 

@@ -14,8 +14,6 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 
-import asyncssh
-
 import ctrd
 from oci.manifest import Platform
 
@@ -27,6 +25,7 @@ from .errors import ConnectionLost, LocalReadError, PusshError, Transient, Usage
 from .plan import Plan, make_plan
 from .progress import UI, human_bytes
 from .source import ImageSource
+from .sshlib import asyncssh
 from .target import Target
 
 REGISTRY_NAMESPACE = "moby"  # Docker's containerd image store, where the registry path writes

@@ -13,10 +13,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncssh
-from asyncssh.encryption import get_default_encryption_algs
-
 from .errors import ConnectFailed, ConnectionLost, PusshError
+from .sshlib import asyncssh
 from .target import Target
 
 # Measured 30-45 % faster than asyncssh's default (chacha20-poly1305) on these machines.
@@ -56,7 +54,7 @@ class Result:
 
 
 def _ciphers() -> list[str]:
-    rest = [a.decode() for a in get_default_encryption_algs()]
+    rest = [a.decode() for a in asyncssh.encryption.get_default_encryption_algs()]
     return PREFERRED_CIPHERS + [a for a in rest if a not in PREFERRED_CIPHERS]
 
 

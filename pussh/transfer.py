@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shlex
 
-import asyncssh
-
 from .dockerapi import DockerAPI, DockerError
 from .errors import PusshError
 from .progress import UI
 from .remote import Server, image_id
 from .ssh import Connection
+from .sshlib import asyncssh
 
 
 async def send_registry_image(conn: Connection, server: Server, image: str, ui: UI) -> None:
