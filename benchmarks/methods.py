@@ -13,6 +13,8 @@ servers; `push` runs the real commands and returns what the client processes cos
   user gets)
 - ctr-import: `docker save IMAGE | ssh HOST ctr -n k8s.io images import -`, for servers without Docker
   (a Kubernetes node: containerd with CRI); ctr imports and unpacks
+- ssh-stream: as many bytes as the image's blobs through one `ssh HOST 'cat > /dev/null'`, first push
+  only: no image tool at all, so what this test bed's link and ssh carry at best (the floor in practice)
 Each method names the server stores it applies to (`stores`); a scenario runs the methods that apply.
 """
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Method:
     groups: tuple[str, ...] | None = None  # the scenario groups it runs in (None: every one)
     stores: tuple[str, ...] = ("containerd", "classic")  # the server stores it can push to
     registry_comm: str | None = None  # name of registry processes that appear during a push
+    scenarios: tuple[str, ...] | None = None  # the only scenarios it is measured in (None: every one)
 
     def __init__(self, bed: Bed, workdir: Path) -> None:
         self.bed, self.workdir = bed, workdir
@@ -287,6 +290,31 @@ class CtrImport(Method):
         return out
 
 
+class SshStream(Method):
+    name, label = "ssh-stream", "the image's bytes through one ssh stream"
+    groups = ("main",)
+    scenarios = ("S1",)
+
+    @staticmethod
+    def templates() -> list[str]:
+        return ["head -c BYTES /dev/zero | ssh -F CONFIG HOST 'cat > /dev/null'  # BYTES: the image's blobs",
+                "(no image tool: the link and ssh alone; ssh compresses nothing, so zeros cost what any bytes do)"]
+
+    def push(self, local, image: str, remotes: Sequence) -> Outcome:
+        blobs = self.bed.image_blobs(local, image)
+        if blobs is None or len(remotes) != 1:
+            raise ValueError("ssh-stream: one server, from a containerd-store client")
+        total = blobs["index"] + blobs["manifest"] + blobs["config"] + sum(s for _, s in blobs["layers"])
+        cat = shlex.quote("cat > /dev/null")
+        script = (f"head -c {total} /dev/zero | ssh -F {shlex.quote(self.bed.ssh_config)} "
+                  f"{shlex.quote(self.bed.alias(remotes[0]))} {cat}")
+        r = run_client(["bash", "-o", "pipefail", "-c", script], self.bed.local_env(local), self.workdir, "ssh-stream")
+        out = Outcome(r.seconds, True)
+        out.add(r)
+        out.commands = [script]
+        return out
+
+
 class Pussh(Method):
     name, label = "pussh", "pussh"
     registry_comm = "pussh-registry"
@@ -364,4 +392,4 @@ class PusshStdio(Pussh):
                 "(the direct path over a relay command's stdin/stdout, as on a server whose sshd forwards nothing)"]
 
 
-METHODS = {m.name: m for m in (SaveLoad, RegistryPath, PusshRegistry, Pussh, PusshStdio, CtrImport)}
+METHODS = {m.name: m for m in (SaveLoad, RegistryPath, PusshRegistry, Pussh, PusshStdio, CtrImport, SshStream)}

@@ -196,19 +196,16 @@ class Runner:
             for r in self.bed.remotes():
                 if self.bed.store(r) in m.stores:
                     m.prepare(r)
-        # warm-up (unmeasured): every method once to every server from every client, tiny image
+        # warm-up (unmeasured): every method once to every server it is measured on, tiny image
         for store in sorted({g.local_store for g in groups}):
             local = self.bed.local(store)
             self.bed.build_images(local, {"bench/warm:1": 1}, [1], seed="bench-warm", text_mb=0)
-            remotes = [self.bed.remote(k) for g in groups if g.local_store == store for k, _ in g.remotes]
-            remotes = list({r.alias: r for r in remotes}.values())
-            for m in self.methods.values():
-                for r in remotes:
-                    if self.bed.store(r) not in m.stores:
-                        continue
-                    o = m.push(local, "bench/warm:1", [r])
-                    if not o.ok:
-                        raise RuntimeError(f"warm-up {m.name} -> {r.alias} failed: {o.error}")
+            pairs = {(m.name, self.bed.remote(k).alias): (m, self.bed.remote(k))
+                     for g in groups if g.local_store == store for m in self.group_methods(g) for k, _ in g.remotes}
+            for m, r in pairs.values():
+                o = m.push(local, "bench/warm:1", [r])
+                if not o.ok:
+                    raise RuntimeError(f"warm-up {m.name} -> {r.alias} failed: {o.error}")
         self.log("setup: warm-up pushes done")
         self.save()
 
@@ -299,6 +296,8 @@ class Runner:
                         m = self.methods[name]
                         left = self.reset(m, g)
                         for scenario, v in steps:
+                            if m.scenarios is not None and scenario not in m.scenarios:
+                                continue
                             if scenario.startswith("_"):  # preparation (the base image on the server): untimed
                                 local = self.bed.local(g.local_store)
                                 o = m.push(local, IMAGES[g.image].tag(v), [self.bed.remote(k) for k, _ in g.remotes])
