@@ -27,7 +27,7 @@ from .ssh import Connection
 from .sshlib import asyncssh
 
 if TYPE_CHECKING:
-    from .push import HostResult
+    from .options import HostResult
 
 BLOCK = 512
 

@@ -18,7 +18,7 @@ from .progress import UI, human_bytes
 from .source import ImageSource
 
 if TYPE_CHECKING:
-    from .push import HostResult
+    from .options import HostResult
 
 
 class Destination(Protocol):

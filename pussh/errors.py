@@ -30,3 +30,10 @@ class ConnectFailed(Transient):
 
 class LocalReadError(PusshError):
     """Reading the local image failed mid-push."""
+
+
+class NoSuchLocalImage(PusshError):
+    """The image is not in the local store (compose names the service that lacks it)."""
+
+    def __init__(self, familiar: str) -> None:
+        super().__init__(f"no such local image: {familiar}")

@@ -60,11 +60,10 @@ class UI:
             from rich.console import Console
             self.console = Console(stderr=True, highlight=False)
         if self.console is not None and not quiet:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
-            self.progress = Progress(
-                TextColumn("{task.description}", table_column=None), BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
+            from rich import progress as rp
+            self.progress = rp.Progress(
+                rp.TextColumn("{task.description}", table_column=None), rp.BarColumn(), rp.DownloadColumn(),
+                rp.TransferSpeedColumn(), rp.TimeRemainingColumn(), console=self.console, transient=True,
             )
 
     def _print(self, text: str, style: str | None = None) -> None:

@@ -23,7 +23,8 @@ from .dockerinfo import uses_containerd_store
 from .errors import PusshError, UsageError
 from .plan import make_plan
 from .progress import UI
-from .push import HostResult, PushOptions, _shielded, connect
+from .options import HostResult, PushOptions
+from .push import _shielded
 from .sshlib import asyncssh
 from .target import Target
 
@@ -117,7 +118,7 @@ async def _pull(target: Target, ref: R.Reference, opts: PushOptions, ui: UI, res
                 namespace: str, docker_host: str | None) -> None:
     label = str(target)
     async with contextlib.AsyncExitStack() as stack:
-        connecting = connect(target, opts)
+        connecting = ssh.start_connect(target, opts.ssh)
         stack.push_async_callback(lambda: _shielded(_close(connecting)))
         local = ctrd.Containerd(socket, namespace)
         stack.callback(local.close)

@@ -10,7 +10,7 @@ import ctrd
 from oci import reference as R
 from oci.manifest import Desc
 
-from .errors import PusshError
+from .errors import NoSuchLocalImage, PusshError
 from ctrd.content import Source
 
 
@@ -64,7 +64,7 @@ class ContainerdSource:
             try:
                 img = await client.images.get(ref.name)
             except ctrd.NotFound:
-                raise PusshError(f"no such local image: {ref.familiar}") from None
+                raise NoSuchLocalImage(ref.familiar) from None
             except ctrd.Unavailable as err:
                 raise NoAccess(str(err)) from err
         except BaseException:

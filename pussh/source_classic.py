@@ -24,7 +24,7 @@ from oci import reference as R
 from oci.manifest import Desc
 
 from .dockerapi import DockerAPI
-from .errors import PusshError
+from .errors import NoSuchLocalImage, PusshError
 from ctrd.content import Source
 
 ZSTD_LEVEL = 3
@@ -100,7 +100,7 @@ class ClassicSource:
     async def open(cls, docker: DockerAPI, ref: R.Reference) -> "ClassicSource":
         inspect = await docker.image_inspect(ref.familiar)
         if inspect is None:
-            raise PusshError(f"no such local image: {ref.familiar}")
+            raise NoSuchLocalImage(ref.familiar)
         return cls(docker, ref, inspect)
 
     # -- cache layout: blobs/sha256/<hex>, and layers/<zstd|gzip>/<diffID hex> -> descriptor JSON --

@@ -18,7 +18,7 @@ from oci import reference as R
 from oci.manifest import Desc
 
 from .dockerapi import DockerAPI, DockerError
-from .errors import PusshError
+from .errors import NoSuchLocalImage, PusshError
 from ctrd.content import Source
 
 READY_RE = re.compile(r"pussh-registry listening on http://127\.0\.0\.1:(\d+)")
@@ -85,7 +85,7 @@ class HelperSource:
         url = f"{self.base}/v2/{self.repo}/manifests/{self.ref.tag or self.ref.digest}"
         async with self.session.get(url, headers={"Accept": ACCEPT}) as resp:
             if resp.status == 404:
-                raise PusshError(f"no such local image: {self.ref.familiar}")
+                raise NoSuchLocalImage(self.ref.familiar)
             if resp.status != 200:
                 raise PusshError(f"local helper: reading {self.ref.familiar} failed: HTTP {resp.status}")
             body = await resp.read()

@@ -20,7 +20,7 @@ from oci import reference as R
 from oci.manifest import Desc
 
 from .dockerapi import DockerAPI
-from .errors import PusshError
+from .errors import NoSuchLocalImage, PusshError
 from .source_classic import _ThreadReader, cache_dir
 from ctrd.content import Source
 
@@ -35,7 +35,7 @@ class SaveSource:
     @classmethod
     async def open(cls, docker: DockerAPI, ref: R.Reference) -> "SaveSource":
         if await docker.image_inspect(ref.familiar) is None:
-            raise PusshError(f"no such local image: {ref.familiar}")
+            raise NoSuchLocalImage(ref.familiar)
         base = cache_dir()
         base.mkdir(parents=True, exist_ok=True)
         directory = Path(tempfile.mkdtemp(prefix="save-", dir=base))  # 0700

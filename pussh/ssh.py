@@ -213,6 +213,11 @@ def _has_known_host_key(options: asyncssh.SSHClientConnectionOptions) -> bool:
     return False
 
 
+def start_connect(target: Target, opts: SSHOptions) -> asyncio.Future[Connection]:
+    """The connection, coming up in the background while the caller does other work."""
+    return asyncio.ensure_future(asyncio.wait_for(connect(target, opts), opts.connect_timeout + 5))
+
+
 async def connect(target: Target, opts: SSHOptions) -> Connection:
     """Connect and authenticate, turning every failure into a one-line PusshError."""
     label = str(target)
