@@ -38,7 +38,10 @@ CRI_NAMESPACE = "k8s.io"
 class ContainerdDestination:
     via = "containerd"
 
-    def __init__(self, ctr: ctrd.Containerd, conn: Connection, ref: R.Reference, snapshotter: str) -> None:
+    def __init__(self, ctr: ctrd.Containerd, conn: Connection, ref: R.Reference, snapshotter: str,
+                 side: str = "the server's") -> None:
+        """`side`: whose containerd it is, for errors (a pull writes into the local one)."""
+        self.side = side
         self.ctr, self.conn, self.ref, self.snapshotter = ctr, conn, ref, snapshotter
         self.lease = ""
         self.label = conn.label
@@ -107,7 +110,7 @@ class ContainerdDestination:
         if namespace is not None:
             have = await self.ctr.namespaces()
             if namespace not in have:
-                raise PusshError(f"{self.label}: the server's containerd has no namespace {namespace!r} "
+                raise PusshError(f"{self.label}: {self.side} containerd has no namespace {namespace!r} "
                                  f"(it has {', '.join(sorted(have)) or 'none'})")
         elif not docker:
             self.ctr.namespace = CRI_NAMESPACE if await self.ctr.cri_loaded() else "default"
@@ -116,7 +119,7 @@ class ContainerdDestination:
             if self.snapshotter not in have:
                 what = f"no snapshotter {self.snapshotter!r}" if snapshotter else \
                     f"no {self.snapshotter} snapshotter; choose one with --snapshotter"
-                raise PusshError(f"{self.label}: the server's containerd has {what} (it has {', '.join(have) or 'none'})")
+                raise PusshError(f"{self.label}: {self.side} containerd has {what} (it has {', '.join(have) or 'none'})")
 
     @contextlib.contextmanager
     def _mapped(self, what: str) -> Iterator[None]:
@@ -127,8 +130,8 @@ class ContainerdDestination:
                 raise ConnectionLost(f"{self.label}: connection lost during the push ({err}); "
                                      "run it again to resume") from err
             if isinstance(err, ctrd.Unavailable):  # restarting, or a stream it reset: worth another try
-                raise Transient(f"{self.label}: the server's containerd failed {what}: {err}") from err
-            raise PusshError(f"{self.label}: the server's containerd failed {what}: {err}") from err
+                raise Transient(f"{self.label}: {self.side} containerd failed {what}: {err}") from err
+            raise PusshError(f"{self.label}: {self.side} containerd failed {what}: {err}") from err
 
     async def current(self, name: str) -> str | None:
         """The digest the server's image record `name` points at, or None."""
@@ -148,6 +151,13 @@ class ContainerdDestination:
                 self._diff_ids.setdefault(dgst, diff_id)
             if config is not None:
                 self._images.append((image.raw, json.loads(config)))
+
+    async def lacking(self, blobs: list[M.Desc]) -> list[M.Desc]:
+        """Which of `blobs` the server lacks, changing nothing (a dry run; `missing` also takes
+        them under the push's lease and completes their labels)."""
+        with self._mapped("listing its content"):
+            infos = await asyncio.gather(*(self.ctr.content.exists(d.digest) for d in blobs))
+        return [d for d, info in zip(blobs, infos) if info is None]
 
     async def missing(self, blobs: list[M.Desc]) -> list[M.Desc]:
         async def look(d: M.Desc) -> ctrd.Info | None:

@@ -154,7 +154,8 @@ async def _pull(target: Target, ref: R.Reference, opts: PushOptions, ui: UI, res
         result.platforms = [str(p) for p in plan.platforms]
         result.digest = plan.root.digest
         result.namespace = namespace
-        dest = ContainerdDestination(local, _LocalSide(), ref, opts.snapshotter or ctrd.snapshots.DEFAULT_SNAPSHOTTER)
+        dest = ContainerdDestination(local, _LocalSide(), ref, opts.snapshotter or ctrd.snapshots.DEFAULT_SNAPSHOTTER,
+                                 side="the local")
         for _ in range(opts.jobs):
             dest.add_writer(local)  # a local socket: one client carries every stream
         if await dest.current(ref.name) == plan.root.digest:
@@ -162,9 +163,7 @@ async def _pull(target: Target, ref: R.Reference, opts: PushOptions, ui: UI, res
             result.bytes_skipped = sum(b.size for b in plan.blobs)
             return
         if opts.dry_run:
-            infos = await asyncio.gather(*(local.content.exists(b.digest) for b in plan.blobs))
-            account_dry_run(plan, [b for b, i in zip(plan.blobs, infos) if i is None], ui=ui, result=result,
-                            label=label, via="containerd")
+            account_dry_run(plan, await dest.lacking(plan.blobs), ui=ui, result=result, label=label, via="containerd")
             return
         dest.lease = await local.leases.create(expire=LEASE_EXPIRY, labels={"pussh.pull": ref.name})
         await dest.prepare(plan, source)

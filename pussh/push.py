@@ -231,11 +231,7 @@ async def _dry_run(conn: ssh.Connection, server: remote.Server, via: str, dest: 
     from .classic import chain_ids, server_chains
     if via == "containerd":
         assert dest is not None
-        try:
-            infos = await asyncio.gather(*(dest.ctr.content.exists(b.digest) for b in plan.blobs))
-        except ctrd.ContainerdError as err:
-            raise PusshError(f"{label}: the server's containerd failed listing its content: {err}") from err
-        lacking = [b for b, info in zip(plan.blobs, infos) if info is None]
+        lacking = await dest.lacking(plan.blobs)
     else:
         if via == "load" and len(plan.images) != 1:
             raise PusshError(f"{label}: a classic-store Docker holds one platform per tag: choose one with --platform")
