@@ -167,6 +167,9 @@ class Writer:
         if isinstance(data, list):
             await self._write_message(data)
             return
+        if len(data) <= WRITE_CHUNK:
+            await self._write_message([data])  # whole: b"".join of one bytes object does not copy it
+            return
         view = memoryview(data)
         for start in range(0, len(view), WRITE_CHUNK):
             await self._write_message([view[start:start + WRITE_CHUNK]])
