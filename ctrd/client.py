@@ -19,6 +19,7 @@ from .diff import DiffService
 from .images import ImageStore
 from .leases import Leases
 from .snapshots import DEFAULT_SNAPSHOTTER, Snapshots
+from .writer import PreEncodedCodec
 
 DEFAULT_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "moby"  # Docker's containerd image store keeps its images here
@@ -53,7 +54,9 @@ class Containerd:
         machine, whose content directory is then never read directly."""
         self.socket_path = socket_path
         self.namespace = namespace
-        self.channel = channel or Channel(path=socket_path)
+        self.channel = channel or Channel(path=socket_path, codec=PreEncodedCodec())
+        # The one-copy WRITE needs a codec that passes bytes through (grpclib keeps it in `_codec`).
+        self.pre_encodes = isinstance(getattr(self.channel, "_codec", None), PreEncodedCodec)
         self.content = ContentStore(self)
         self.images = ImageStore(self)
         self.leases = Leases(self)

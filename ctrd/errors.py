@@ -21,7 +21,12 @@ class AlreadyExists(ContainerdError):
 
 
 class Unavailable(ContainerdError):
-    """The daemon cannot be reached, or a resource (such as an ingest ref) is locked by another writer."""
+    """The daemon cannot be reached, or a resource is busy (Locked: an ingest ref another writer holds)."""
+
+
+class Locked(Unavailable):
+    """An ingest ref that another Write stream holds: containerd refuses a second writer until the
+    first one closes (its own UNAVAILABLE status, on a Write stream)."""
 
 
 class StreamReset(Unavailable):
@@ -47,17 +52,20 @@ _BY_STATUS: dict[Status, type[ContainerdError]] = {
 }
 
 
-def from_grpc(err: GRPCError) -> ContainerdError:
-    return _BY_STATUS.get(err.status, ContainerdError)(err.message or err.status.name)
+def from_grpc(err: GRPCError, unavailable: type[Unavailable] = Unavailable) -> ContainerdError:
+    cls = _BY_STATUS.get(err.status, ContainerdError)
+    return (unavailable if cls is Unavailable else cls)(err.message or err.status.name)
 
 
 @contextlib.contextmanager
-def mapped() -> Iterator[None]:
-    """Turn grpclib and socket exceptions raised inside the block into ContainerdError subclasses."""
+def mapped(*, unavailable: type[Unavailable] = Unavailable) -> Iterator[None]:
+    """Turn grpclib and socket exceptions raised inside the block into ContainerdError subclasses.
+    `unavailable`: what containerd's own UNAVAILABLE status means in the block (opening a Write
+    stream: Locked); a socket that fails stays plain Unavailable."""
     try:
         yield
     except GRPCError as err:
-        raise from_grpc(err) from err
+        raise from_grpc(err, unavailable) from err
     except StreamTerminatedError as err:
         raise StreamReset(f"containerd ended the stream: {err}") from err
     except (ConnectionError, FileNotFoundError) as err:

@@ -33,13 +33,13 @@ from ctrd import Containerd, Descriptor, errors
 from ctrd import imagestore
 from ctrd.imagestore import LABEL_MEDIA_TYPE
 from ctrd.labels import GC_REF_CONTENT
+from ctrd.writer import Writer
 from oci import digest as D
 from oci import manifest as M
 from oci import mediatypes as MT
 from oci import reference as R
 
 from . import errors as E
-from .ingest import Ingest, write_channel
 
 log = logging.getLogger("pussh.registry.storage")
 
@@ -53,6 +53,8 @@ _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}\Z")
 NONDISTRIBUTABLE = ("application/vnd.docker.image.rootfs.foreign.", "application/vnd.oci.image.layer.nondistributable.")
 SESSION_IDLE = 30.0  # seconds an upload's open write stream may sit unused before it is ended
 SWEEP_EVERY = 5.0  # seconds between looks for such streams
+# WRITE messages in flight per upload: each holds a body batch (http.BATCH), so this bounds memory.
+WRITE_WINDOW = 2
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Session:
     """An upload's open write stream; requests of one upload take its lock in turn."""
 
     upload_id: str
-    ingest: Ingest | None = None
+    ingest: Writer | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
 
@@ -111,7 +113,8 @@ class Storage:
         self.upload_expiry = upload_expiry
         self.lock_timeout = lock_timeout
         self._sessions: dict[str, Session] = {}
-        self._wchan = write_channel(ctr)
+        # Write streams on a connection of their own, so that bulk WRITEs never delay the small calls.
+        self._writes = Containerd(ctr.socket_path, ctr.namespace)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -132,7 +135,7 @@ class Storage:
             async with s.lock:
                 await self._end_stream(s)
         self._sessions.clear()
-        self._wchan.close()
+        self._writes.close()
 
     # -- blobs ---------------------------------------------------------------------------------
 
@@ -204,7 +207,7 @@ class Storage:
             self._sessions[upload_id] = session
             try:
                 # Opening the stream creates the ingest, so the upload is known from now on.
-                session.ingest = Ingest(self.ctr, ref, ref, self._wchan)
+                session.ingest = self._writer(ref, ref)
                 await session.ingest.open(lock_timeout=self.lock_timeout)
             except BaseException:
                 self._sessions.pop(upload_id, None)
@@ -226,8 +229,11 @@ class Storage:
                 await s.ingest.abandon()
             raise E.blob_upload_unknown(detail={"uuid": upload_id}) from None
 
+    def _writer(self, ref: str, lease: str) -> Writer:
+        return self._writes.content.writer(ref, lease=lease, window=WRITE_WINDOW)
+
     @contextlib.asynccontextmanager
-    async def _stream(self, upload_id: str) -> AsyncIterator[Ingest]:
+    async def _stream(self, upload_id: str) -> AsyncIterator[Writer]:
         """The upload's write stream, opened (or reopened after a restart or idle close) as needed;
         requests of one upload run one at a time."""
         if not _UPLOAD_ID.match(upload_id):
@@ -246,7 +252,7 @@ class Storage:
                 except errors.NotFound:
                     self._sessions.pop(upload_id, None)
                     raise E.blob_upload_unknown(detail={"uuid": upload_id}) from None
-                s.ingest = Ingest(self.ctr, ref, ref, self._wchan)
+                s.ingest = self._writer(ref, ref)
                 await s.ingest.open(lock_timeout=self.lock_timeout)
             try:
                 yield s.ingest
@@ -292,7 +298,7 @@ class Storage:
                 raise E.size_invalid(f"chunk carried {ingest.offset - before} bytes, its range says {length}",
                                      headers={"Range": _range_header(ingest.offset)})
             try:
-                await ingest.commit(digest, labels={})
+                await ingest.commit(expected=digest)
             except errors.AlreadyExists:
                 pass  # the same blob was committed meanwhile (by another upload): that is success
             except errors.ContainerdError as err:
@@ -509,7 +515,7 @@ class Storage:
             await asyncio.gather(*(label(d, diff_id) for d, diff_id in jobs[i:i + 32]))
 
     async def _write_small(self, ref: str, body: bytes, digest: str, labels: dict[str, str], lease: str) -> None:
-        ingest = Ingest(self.ctr, ref, lease, self._wchan)
+        ingest = self._writer(ref, lease)
         try:
             await ingest.open(expected=digest, lock_timeout=self.lock_timeout)
         except errors.AlreadyExists:
@@ -523,7 +529,7 @@ class Storage:
                 await ingest.write(body)
             # Otherwise containerd still has these bytes (deleted from the namespace and not yet
             # collected, or another namespace's): the commit alone adopts them, labels and all.
-            await ingest.commit(digest, labels)
+            await ingest.commit(labels)
         except errors.AlreadyExists:
             await self.ctr.content.set_labels(digest, labels)
         except BaseException:

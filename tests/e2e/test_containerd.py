@@ -76,7 +76,7 @@ async def test_interrupted_write_resumes_from_offset(ctr: Containerd):
     dgst = D.of(data)
     async with ctr.leases.temporary() as lease:
         async with ctr.content.writer("t-resume", lease=lease) as w:
-            assert await w.stat(expected=dgst, total=len(data)) == 0
+            assert await w.open(expected=dgst, total=len(data)) == 0
             await w.write(data[: 24 * MiB])
         # the stream is gone without a commit: the ingest keeps what it had
         assert (await ctr.content.status("t-resume")).offset == 24 * MiB

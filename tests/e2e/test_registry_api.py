@@ -546,7 +546,7 @@ async def test_manifest_put_over_a_stale_ingest(reg, ctr):
         await reg.push_blob("stale", blob)
     ref = f"pussh-manifest-{img.digest.split(':')[1]}"
     async with ctr.content.writer(ref) as w:
-        await w.stat()
+        await w.open()
         await w.write(img.body[:7] + b"garbage")
     assert [s.offset for s in await ctr.content.list_statuses() if s.ref == ref] == [14]
     status, headers, body = await reg.call("PUT", "/v2/stale/manifests/1", data=img.body,
@@ -817,13 +817,13 @@ async def test_idle_upload_stream_is_ended_and_reopened(ctr_socket, namespace, c
         ref = storage_mod.UPLOAD_PREFIX + uid
         with pytest.raises(Exception):  # while the registry holds the stream, the ingest is locked
             async with ctr.content.writer(ref) as w:
-                await w.stat()
+                await w.open()
         monkeypatch.setattr(storage_mod, "SESSION_IDLE", 0.0)  # now idle: the sweeper ends the stream
 
         async def unlocked() -> bool:
             try:
                 async with ctr.content.writer(ref) as w:
-                    assert await w.stat() == half  # free to open, at the same offset
+                    assert await w.open() == half  # free to open, at the same offset
                 return True
             except Unavailable:
                 return False

@@ -1,5 +1,5 @@
 """Pure functions of the registry: ranges, auth headers, listen addresses, options, names,
-error bodies and the storage errors' answers, WRITE message encoding, body batching."""
+error bodies and the storage errors' answers, body batching."""
 from __future__ import annotations
 
 import asyncio
@@ -8,13 +8,11 @@ import json
 
 import pytest
 
-from proto import content_pb2
 from registry import errors as E
 from registry.__main__ import parse_args, parse_listen
 from registry.app import _authorized
 from registry.blobs import parse_range
 from registry.http import batched, blob_digest
-from registry.ingest import Ingest, encode_write
 from registry.storage import image_name, repository_of, sniff_media_type
 
 
@@ -134,25 +132,6 @@ def test_blob_digest_sha512_is_unsupported_malformed_is_invalid():
             blob_digest(bad)
         assert info.value.code == "DIGEST_INVALID", bad
     assert blob_digest("sha256:" + "d" * 64) == "sha256:" + "d" * 64
-
-
-@pytest.mark.parametrize("offset,digest,want", [
-    (10, "sha256:x", True), (10, "sha256:y", False), (9, "sha256:x", False), (0, "", False), (20, "sha256:x", False)])
-def test_ingest_holds_only_the_whole_expected_blob(offset, digest, want):
-    ing = Ingest(None, "ref", None, channel=object())  # type: ignore[arg-type]
-    ing.offset, ing.digest = offset, digest
-    assert ing.holds("sha256:x", 10) is want
-    ing.rewind()
-    assert ing.offset == 0
-
-
-@pytest.mark.parametrize("sizes", [[1], [5, 7, 1], [200, 0, 300], [1 << 20]])
-def test_encode_write_is_a_valid_message(sizes):
-    parts = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
-    wire = encode_write("pussh-upload-abc", 12345678901, parts, sum(sizes))
-    msg = content_pb2.WriteContentRequest.FromString(wire)
-    assert msg.action == content_pb2.WRITE and msg.ref == "pussh-upload-abc" and msg.offset == 12345678901
-    assert msg.data == b"".join(parts)
 
 
 def test_batched_regroups_without_losing_bytes():

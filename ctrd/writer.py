@@ -1,15 +1,18 @@
-"""One containerd Write stream ("ingest"), held open across the HTTP requests of an upload.
+"""The one containerd content writer: a Write stream ("ingest") on one ref. The registry keeps one
+per upload across the upload's HTTP requests; ContentStore.write_blob (pussh's direct path, pull)
+opens one per blob.
 
-Why not `ctrd`'s `Writer` as is: an upload is several requests (POST, PATCH..., PUT), and
-- reopening the ingest for every request makes containerd's local store re-read and re-hash
-  everything written so far (a 1 GB layer PATCHed and then PUT would be hashed twice), and a
-  stream that was reset rather than ended releases its lock asynchronously, so the next request
-  could find the ref still "locked";
-- the hot path wants WRITE messages pipelined (containerd acknowledges each one; waiting for every
-  answer before the next send leaves it idle while Python frames the next message), with an
-  explicit flush so that the offset we report in `Range` is one containerd has confirmed.
-So the registry keeps this small stream object per upload and ends it gracefully (a STAT with
-END_STREAM, which makes containerd close the writer and release the lock before it answers).
+- The stream may stay open across many calls: reopening an ingest makes containerd's local store
+  re-read and re-hash everything written so far (a 1 GB layer PATCHed and then PUT would be hashed
+  twice), and a stream that was reset releases its lock only a moment later.
+- WRITE messages are pipelined (up to `window` unanswered): waiting for each answer before the next
+  send leaves containerd idle while Python frames the next message. flush() waits for the answers,
+  so the offset it returns is one containerd has confirmed.
+- close() ends the stream gracefully, with a STAT carrying END_STREAM: containerd closes the writer
+  and releases the lock before it answers. abandon() resets it, after a failure.
+- On a channel with PreEncodedCodec (every channel ctrd opens itself) a WRITE is encoded as its
+  header fields followed by the data field built straight from the caller's pieces: one copy of the
+  bytes instead of three (join, SerializeToString, grpclib's framing).
 """
 from __future__ import annotations
 
@@ -17,34 +20,31 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from grpclib.client import Channel
 from grpclib.encoding.proto import ProtoCodec
 
 from proto import content_pb2
 from proto.content_grpc import ContentStub
 
-from ctrd import Containerd, errors
+from . import errors
 
-# Messages in flight on one stream: enough to keep containerd busy while the next one is framed.
-WINDOW = 2
+if TYPE_CHECKING:
+    from .client import Containerd
+
+# 8 MiB messages were the fastest for gRPC writes here; containerd accepts up to 16 MiB.
+WRITE_CHUNK = 8 << 20
+WRITE_WINDOW = 3  # WRITE messages in flight per stream, unless the caller says otherwise
 _DATA_TAG = b"\x32"  # field 6 (data), wire type 2 (length-delimited)
 
 
 class PreEncodedCodec(ProtoCodec):
-    """Protobuf, except that a message already encoded (bytes) passes through. A WRITE is built
-    as its small header fields plus the data field appended straight from the HTTP body pieces:
-    one copy of the bytes instead of three (join, SerializeToString, grpclib's framing)."""
+    """Protobuf, except that a message already encoded (bytes) passes through."""
 
     def encode(self, message, message_type):  # type: ignore[override]
         if isinstance(message, (bytes, bytearray)):
             return message
         return super().encode(message, message_type)
-
-
-def write_channel(ctr: Containerd) -> Channel:
-    """A channel for write streams (the codec is per channel in grpclib)."""
-    return Channel(path=ctr.socket_path, codec=PreEncodedCodec())
 
 
 def _varint(n: int) -> bytes:
@@ -59,15 +59,23 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def encode_write(ref: str, offset: int, parts: list[bytes], size: int) -> bytes:
-    header = content_pb2.WriteContentRequest(action=content_pb2.WRITE, ref=ref, offset=offset).SerializeToString()
+def encode_write(ref: str, offset: int, parts: list, size: int, *, total: int = 0, expected: str = "") -> bytes:
+    """A WRITE message: fields 1-5, then data (field 6) from `parts`, the order protobuf itself uses."""
+    header = content_pb2.WriteContentRequest(action=content_pb2.WRITE, ref=ref, offset=offset, total=total,
+                                             expected=expected).SerializeToString()
     return b"".join([header, _DATA_TAG, _varint(size), *parts])
 
 
-class Ingest:
-    def __init__(self, ctr: Containerd, ref: str, lease: str | None, channel: Channel | None = None) -> None:
-        self._ctr = ctr
-        self._channel = channel or ctr.channel
+class Writer:
+    """Usage: `async with store.writer(ref, lease=...) as w: offset = await w.open(...)`, then
+    write(), flush(), commit(). Leaving the block without a commit ends the stream gracefully (on an
+    exception: resets it); containerd keeps the ingest at its offset for the next writer of `ref`.
+    While the stream is open containerd holds the ref's lock: a second writer gets Locked."""
+
+    def __init__(self, client: "Containerd", ref: str, lease: str | None = None, *,
+                 window: int = WRITE_WINDOW) -> None:
+        self._client = client
+        self._window = window
         self.ref = ref
         self._lease = lease
         self._cm = None
@@ -78,46 +86,60 @@ class Ingest:
         self._ended = False
         self.offset = 0
         self.digest = ""  # of what the ingest holds, as containerd's STAT reported it
-        self.closed = False
+        self.expected = ""
+        self.total = 0
+        self.closed = True  # no stream open
+
+    async def __aenter__(self) -> "Writer":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            await self.close()
+        else:
+            await self.abandon()
 
     # -- opening ---------------------------------------------------------------------------------
 
-    async def open(self, *, expected: str = "", lock_timeout: float = 30.0) -> int:
-        """Open (or join) the ingest and return its offset. While another stream holds the ref
-        (a request of the same upload still finishing), wait for it instead of failing. Raises
-        AlreadyExists when `expected` is given and already committed."""
+    async def open(self, *, expected: str = "", total: int = 0, lock_timeout: float = 0.0) -> int:
+        """Open (or join) the ingest and return the offset to resume from. While another stream
+        holds the ref, wait for it up to `lock_timeout` seconds, then raise Locked (or StreamReset).
+        Raises AlreadyExists when `expected` is given and already committed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + lock_timeout
         delay = 0.02
         while True:
             try:
-                return await self._open_once(expected)
-            except errors.AlreadyExists:
-                await self.abandon()
-                raise
+                return await self._open_once(expected, total)
             except errors.Unavailable as err:
                 await self.abandon()
-                if expected and await self._ctr.content.exists(expected):
+                # containerd answers "already exists" by resetting the stream, which grpclib
+                # reports as a terminated stream rather than the status: look before failing.
+                if expected and await self._client.content.exists(expected):
                     raise errors.AlreadyExists(f"content {expected} already exists") from None
-                # A lost status (StreamReset) on STAT is how grpclib reports "locked" most often.
-                if not ("locked" in str(err) or isinstance(err, errors.StreamReset)) or loop.time() > deadline:
+                # A lost status (StreamReset) on the STAT is how grpclib reports Locked most often.
+                if not isinstance(err, (errors.Locked, errors.StreamReset)) or loop.time() + delay > deadline:
                     raise
+            except BaseException:
+                await self.abandon()
+                raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def _open_once(self, expected: str) -> int:
+    async def _open_once(self, expected: str, total: int) -> int:
         self.closed, self._ended, self._failure = False, False, None
-        stub = ContentStub(self._channel)
-        self._cm = stub.Write.open(metadata=self._ctr.metadata(lease=self._lease))
-        with errors.mapped():
+        self.expected, self.total = expected, total
+        self._cm = ContentStub(self._client.channel).Write.open(metadata=self._client.metadata(lease=self._lease))
+        with errors.mapped(unavailable=errors.Locked):
             self._stream = await self._cm.__aenter__()
-            await self._stream.send_message(
-                content_pb2.WriteContentRequest(action=content_pb2.STAT, ref=self.ref, expected=expected)
-            )
+            await self._stream.send_message(content_pb2.WriteContentRequest(
+                action=content_pb2.STAT, ref=self.ref, expected=expected, total=total))
             resp = await self._stream.recv_message()
         if resp is None:
             raise errors.StreamReset(f"containerd closed the write stream for {self.ref}")
         self.offset, self.digest = resp.offset, resp.digest
+        if total and resp.total and resp.total != total:
+            self.offset = 0  # an old ingest under this ref announced another size: start it over
         self._reader = asyncio.get_running_loop().create_task(self._read_replies())
         return self.offset
 
@@ -139,25 +161,33 @@ class Ingest:
     # -- writing ---------------------------------------------------------------------------------
 
     async def write(self, data: bytes | list[bytes]) -> None:
-        """Send one WRITE at the current offset without waiting for its answer (up to WINDOW in
-        flight). A list of pieces is sent as one message (on a PreEncodedCodec channel, without
-        joining them first)."""
-        parts = data if isinstance(data, list) else [data]
+        """Send data at the current offset without waiting for containerd's answer. A list of
+        pieces goes as one message and is emptied (holding the pieces would double the memory);
+        bytes longer than WRITE_CHUNK go as several messages."""
+        if isinstance(data, list):
+            await self._write_message(data)
+            return
+        if len(data) <= WRITE_CHUNK:
+            await self._write_message([data])  # whole: b"".join of one bytes object does not copy it
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), WRITE_CHUNK):
+            await self._write_message([view[start:start + WRITE_CHUNK]])
+
+    async def _write_message(self, parts: list) -> None:
         size = sum(len(p) for p in parts)
         if not size:
             return
         self._check()
-        while len(self._pending) >= WINDOW:
+        while len(self._pending) >= self._window:
             await asyncio.shield(self._pending[0])
             self._check()
-        if isinstance(self._channel._codec, PreEncodedCodec):
-            req = encode_write(self.ref, self.offset, parts, size)
+        if self._client.pre_encodes:
+            req = encode_write(self.ref, self.offset, parts, size, total=self.total, expected=self.expected)
         else:
             req = content_pb2.WriteContentRequest(action=content_pb2.WRITE, ref=self.ref, offset=self.offset,
-                                                  data=b"".join(parts))
-        if isinstance(data, list):
-            data.clear()  # consumed: the pieces are in `req` now; holding them would double the memory
-        del parts, data
+                                                  total=self.total, expected=self.expected, data=b"".join(parts))
+        parts.clear()  # consumed: the bytes are in `req` now
         await self._send(req)  # type: ignore[arg-type]
         self.offset += size
 
@@ -168,28 +198,33 @@ class Ingest:
         self._check()
         return self.offset
 
-    async def commit(self, expected: str, labels: Mapping[str, str] | None = None) -> None:
-        """Commit what was written as `expected` (containerd verifies the digest). The COMMIT
-        carries END_STREAM: grpclib delivers the reply to a successful commit only then."""
+    async def commit(self, labels: Mapping[str, str] | None = None, *, expected: str = "") -> str:
+        """Commit what was written as `expected` (default: the digest given to open); containerd
+        verifies digest and, if open was given one, size. The COMMIT carries END_STREAM: grpclib
+        delivers the reply to a successful commit only then."""
+        self.expected = expected or self.expected
         await self.flush()
         fut = await self._send(content_pb2.WriteContentRequest(
-            action=content_pb2.COMMIT, ref=self.ref, offset=self.offset, expected=expected,
+            action=content_pb2.COMMIT, ref=self.ref, offset=self.offset, total=self.total, expected=self.expected,
             labels=dict(labels or {})), end=True)
         try:
-            await asyncio.shield(fut)
+            return (await asyncio.shield(fut)).digest
         finally:
             await self._finish()
 
     async def close(self) -> None:
-        """End the stream without committing; the ingest keeps its data for the next request."""
+        """End the stream without committing; the ingest keeps its data for the next writer."""
         if self.closed:
             return
         try:
-            if self._failure is None and self._stream is not None and not self._ended:
+            if self._failure is not None:
+                raise self._failure
+            if self._stream is not None and not self._ended:
                 await self.flush()
-                fut = await self._send(content_pb2.WriteContentRequest(action=content_pb2.STAT, ref=self.ref), end=True)
+                fut = await self._send(content_pb2.WriteContentRequest(action=content_pb2.STAT, ref=self.ref),
+                                       end=True)
                 await asyncio.shield(fut)
-        except (errors.ContainerdError, asyncio.CancelledError):
+        except BaseException:
             await self.abandon()
             raise
         await self._finish()
@@ -211,7 +246,7 @@ class Ingest:
         if self._cm is not None:
             with contextlib.suppress(BaseException):
                 await self._cm.__aexit__(None, None, None)
-        self._cm = self._stream = None
+        self._cm = self._stream = self._reader = None
 
     async def _finish(self) -> None:
         self.closed = True
@@ -224,11 +259,11 @@ class Ingest:
                     await self._cm.__aexit__(None, None, None)
             except errors.ContainerdError:
                 pass  # the replies we needed have arrived; a lost trailer changes nothing
-        self._cm = self._stream = None
+        self._cm = self._stream = self._reader = None
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    async def _send(self, req: content_pb2.WriteContentRequest, end: bool = False):
+    async def _send(self, req: content_pb2.WriteContentRequest | bytes, end: bool = False):
         assert self._stream is not None
         fut: asyncio.Future[content_pb2.WriteContentResponse] = asyncio.get_running_loop().create_future()
         self._pending.append(fut)
