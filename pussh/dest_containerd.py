@@ -69,11 +69,11 @@ class ContainerdDestination:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, conn: Connection, socket: str, ref: R.Reference, *, docker: bool, namespace: str | None,
-                   snapshotter: str | None, relay: list[str] | None = None,
-                   jobs: int = 4) -> AsyncIterator["ContainerdDestination"]:
+                   snapshotter: str | None, relay: list[str] | None = None, jobs: int = 4,
+                   docker_silent: str = "") -> AsyncIterator["ContainerdDestination"]:
         """`docker`: the server has Docker with the containerd store; `namespace`, `snapshotter`:
         the user's choice (None: found out); `relay`: a command whose stdio reaches the socket,
-        where sshd does not forward it."""
+        where sshd does not forward it; `docker_silent`: why an installed Docker did not answer."""
         async with contextlib.AsyncExitStack() as stack:
             if relay:  # one relay process per connection
                 local = await stack.enter_async_context(conn.relay(relay))
@@ -89,7 +89,7 @@ class ContainerdDestination:
             stack.callback(ctr.close)
             dest = cls(ctr, conn, ref, snapshotter or ctrd.snapshots.DEFAULT_SNAPSHOTTER)
             with dest._mapped("answering"):
-                await dest._settle(docker, namespace, snapshotter)
+                await dest._settle(docker, namespace, snapshotter, docker_silent)
                 dest.lease = await ctr.leases.create(expire=LEASE_EXPIRY, labels={"pussh.push": ref.name})
             # Channels connect on their first call, so the unused ones cost nothing.
             for _ in range(jobs - 1):
@@ -106,13 +106,18 @@ class ContainerdDestination:
             with contextlib.suppress(ctrd.ContainerdError):
                 await self.ctr.leases.delete(self.lease)
 
-    async def _settle(self, docker: bool, namespace: str | None, snapshotter: str | None) -> None:
+    async def _settle(self, docker: bool, namespace: str | None, snapshotter: str | None,
+                      docker_silent: str = "") -> None:
         if namespace is not None:
             have = await self.ctr.namespaces()
             if namespace not in have:
                 raise PusshError(f"{self.label}: {self.side} containerd has no namespace {namespace!r} "
                                  f"(it has {', '.join(sorted(have)) or 'none'})")
         elif not docker:
+            if docker_silent and DOCKER_NAMESPACE in await self.ctr.namespaces():
+                # Docker uses this containerd but did not answer (restarting?): the image belongs
+                # in its namespace, which Docker's store may or may not read; wait rather than guess.
+                raise Transient(f"{docker_silent}; pass --namespace to write into containerd without Docker")
             self.ctr.namespace = CRI_NAMESPACE if await self.ctr.cri_loaded() else "default"
         if self.unpacks:
             have = await self.ctr.snapshotters()

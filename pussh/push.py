@@ -152,7 +152,8 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             opened = await stack.enter_async_context(
                 ContainerdDestination.open(conn, server.require_socket(), source.ref, docker=bool(server.docker),
                                            namespace=opts.namespace, snapshotter=opts.snapshotter,
-                                           relay=access.direct_relay, jobs=opts.jobs))
+                                           relay=access.direct_relay, jobs=opts.jobs,
+                                           docker_silent=server.docker_problem if server.docker_silent else ""))
             result.namespace = opened.namespace  # (a dry run writes nothing: open() then drops its lease)
             return opened
         if via == "containerd" and not server.docker:  # the tag's target is asked of containerd itself

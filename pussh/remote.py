@@ -63,6 +63,10 @@ exit 0
 """
 
 
+class DockerSilent(PusshError):
+    """Docker is installed on the server but its daemon does not answer (stopped or restarting)."""
+
+
 @dataclass(frozen=True)
 class Server:
     docker: tuple[str, ...]  # argv prefix, e.g. ("docker",) or ("sudo", "-n", "/usr/bin/docker"); () if none works
@@ -73,6 +77,7 @@ class Server:
     docker_root: str = "/var/lib/docker"
     socket_gid: int | None = None  # the containerd socket's group: the registry runs as a user of it
     docker_problem: str = ""  # why there is no usable docker: the error of a path that needs it
+    docker_silent: bool = False  # a docker is installed but its daemon gave no answer (DockerSilent)
     socket_problem: str = ""  # why there is no containerd socket
     socket_writable: bool = False  # this user may open it (so sshd could, if it forwards)
     sudo_ok: bool = False  # passwordless sudo works (a relay to the socket can run as root)
@@ -168,7 +173,8 @@ async def probe(conn: Connection, docker_cmd: str | None = None, socket: str | N
             info, docker = await _docker_info(conn, docker, explicit=bool(given),
                                               res=Result([*docker, "info"], rc, out, "" if rc == 0 else out))
         except PusshError as err:
-            return Server((), containerd_store=False, platform=uname_platform, **facts, docker_problem=str(err)), None
+            return Server((), containerd_store=False, platform=uname_platform, **facts, docker_problem=str(err),
+                          docker_silent=isinstance(err, DockerSilent)), None
         current = found.get("current", "").strip() or None
     store = uses_containerd_store(info)
     plat = Platform(str(info.get("OSType") or "linux"), normalize_arch(str(info.get("Architecture") or "").lower()))
@@ -222,7 +228,7 @@ async def _docker_info(conn: Connection, docker: tuple[str, ...], explicit: bool
             raise PusshError(f"{label}: docker not found on the server ({shlex.join(docker)}): {problem}")
         if "password is required" in problem or "a terminal is required" in problem:
             raise PusshError(f"{label}: {shlex.join(docker)} needs a password; allow passwordless sudo for docker")
-        raise PusshError(f"{label}: docker on the server does not answer: {problem}")
+        raise DockerSilent(f"{label}: docker on the server does not answer: {problem}")
     return info, docker
 
 
