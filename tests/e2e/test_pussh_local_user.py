@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,21 @@ pytestmark = pytest.mark.e2e
 # The venv's interpreter may live under /root (pyenv), out of another user's reach: run the system's
 # Python of the same version with the venv's packages on the path.
 USER_PYTHON = f"/usr/bin/python3.{sysconfig.get_python_version().split('.')[1]}"
-USER_PATH = f"{sysconfig.get_paths()['purelib']}:{REPO_ROOT}"
+
+
+@pytest.fixture
+def readable_checkout():
+    """The checkout (and the venv in it) where another user can read it: a checkout in root's home,
+    as a fresh Debian machine has it (/root is 0700), is out of that user's reach. A bind mount
+    shows the same files under a path the user can walk."""
+    d = tempfile.mkdtemp(prefix="pussh-src-")
+    os.chmod(d, 0o755)
+    subprocess.run(["mount", "--bind", str(REPO_ROOT), d], check=True)
+    try:
+        yield Path(d)
+    finally:
+        subprocess.run(["umount", d], check=False)
+        os.rmdir(d)
 
 
 @pytest.fixture
@@ -31,8 +46,12 @@ def docker_user():
         subprocess.run(["userdel", "-r", "-f", name], check=False, capture_output=True)
 
 
-def test_docker_group_user_without_containerd_access(docker_user, local_host, remote_host):
+def test_docker_group_user_without_containerd_access(docker_user, local_host, remote_host, readable_checkout):
     local, remote = local_host, remote_host
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    if purelib.is_relative_to(REPO_ROOT):  # the venv's packages: through the mount too
+        purelib = readable_checkout / purelib.relative_to(REPO_ROOT)
+    user_path = f"{purelib}:{readable_checkout}"
     build_registry_image(local)
     build_app_image(local, "helper:1", [3, 2], seed="helper")
     home = f"/home/{docker_user}"
@@ -49,10 +68,10 @@ def test_docker_group_user_without_containerd_access(docker_user, local_host, re
     os.chmod(os.path.join(ssh_dir, "id_ed25519"), 0o600)
 
     def as_user(*argv: str) -> subprocess.CompletedProcess:
-        env = ["env", f"HOME={home}", f"PYTHONPATH={USER_PATH}", f"DOCKER_HOST={local.docker_host}",
+        env = ["env", f"HOME={home}", f"PYTHONPATH={user_path}", f"DOCKER_HOST={local.docker_host}",
                f"CONTAINERD_ADDRESS={local.containerd_socket}", "CONTAINERD_NAMESPACE=moby"]
         return subprocess.run(["runuser", "-u", docker_user, "--", *env, *argv], capture_output=True, text=True,
-                              cwd=str(REPO_ROOT), timeout=600)
+                              cwd=str(readable_checkout), timeout=600)
 
     if not os.access(USER_PYTHON, os.X_OK):
         pytest.fail(f"{USER_PYTHON} is needed to run pussh as a non-root user")
