@@ -85,21 +85,22 @@ class HostResult:
                 f"{self.blobs_sent} blobs sent ({human_bytes(self.bytes_sent)}), "
                 f"{self.blobs_skipped} skipped ({human_bytes(self.bytes_skipped)}), "
                 + (f"{len(self.unpacked)} layers unpacked, " if self.unpacked else "")
-                + _delta_summary(self.delta)
+                + _delta_summary(self.delta, self.digest)
                 + f"{self.seconds:.1f}s, {human_bytes(rate)}/s")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
 
-def _delta_summary(tried: list[dict]) -> str:
+def _delta_summary(tried: list[dict], digest: str | None) -> str:
     rebuilt = [d for d in tried if d["rebuilt"]]
     if not tried:
         return ""
     inexact = [d for d in rebuilt if not d["exact"]]
     return (f"{len(rebuilt)} of {len(tried)} layers rebuilt from a delta "
             f"({human_bytes(sum(d['bytes_sent'] for d in rebuilt))} for {human_bytes(sum(d['size'] for d in rebuilt))}"
-            + (f"; {len(inexact)} stored as the server's own blob" if inexact else "")
+            + (f"; {len(inexact)} stored as the server's own blob, so the server's image is {digest}"
+               if inexact else "")
             + "), ")
 
 
@@ -269,6 +270,10 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             dest = await stack.enter_async_context(
                 RegistryDestination.open(conn, container.port, token, source.ref, opts.jobs, opts.timeout, port_relay))
         elif isinstance(dest, ContainerdDestination):
+            if opts.delta:  # opt-in: the server then stores layer blobs of its own (pussh.delta.containerd)
+                from .delta.containerd import rewrite
+                plan = await rewrite(conn, server, dest, source, plan, current, opts.delta, ui, result)
+                result.digest = plan.root.digest
             await dest.prepare(plan, source)
         free = asyncio.ensure_future(remote.free_bytes(conn, server))  # asked alongside the diff
         stack.callback(free.cancel)

@@ -205,6 +205,19 @@ class Session:
             raise DeltaFailed(f"the local layer {layer.digest} does not hash to its diffID {record.diff_id}")
         return written
 
+    async def store(self, name: str, into: str) -> tuple[str, int]:
+        """The rebuilt layer `name`, gzip-compressed by the helper, moved into the directory `into`
+        (containerd's blobs/sha256): its digest and size."""
+        async with self.lock:
+            try:
+                await self._send({"op": "store", "name": name, "into": into})
+                reply = await self._reply()
+            except (asyncssh.Error, OSError) as err:
+                raise DeltaFailed(f"the delta helper went away: {type(err).__name__}: {err}") from err
+        if not reply.get("ok"):
+            raise DeltaFailed(str(reply.get("error")))
+        return str(reply["digest"]), int(reply["size"])
+
     async def start_load(self, docker: tuple[str, ...], files: dict[str, str]) -> asyncssh.SSHClientProcess:
         """From here the helper is `docker load -q` with the rebuilt layers spliced in: write the
         docker-save tar to the returned process (a member in `files` as a header only)."""

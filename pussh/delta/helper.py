@@ -19,12 +19,16 @@ Protocol (stdin -> helper, replies on stdout): a JSON line per command, binary a
   {"op": "delta", "diff_id": "sha256:..", "name": NAME} + frames (u32 length + zlib bytes; 0 ends)
       of ops: b"L" u32 n + n literal bytes | b"R" u32 index (a base chunk) | b"E" (end)
       -> {"ok", "size"} once the rebuilt tar matched diff_id (kept as NAME), else {"ok": false, "error"}
+  {"op": "store", "name": NAME, "into": DIR}
+      -> gzip of the rebuilt NAME (deterministic: zlib level 6, no mtime) moved into DIR as its
+      digest's hex (containerd's blobs/sha256): {"ok", "digest", "size"}
   {"op": "load", "argv": [docker, ...], "files": {MEMBER: NAME}} + a docker-save tar until EOF:
       runs `argv load -q`, passing the tar through and putting the rebuilt file NAME where a member
       MEMBER's header (no data follows it) stands; docker's output and exit status become the helper's.
 Every rebuilt file lives in a private temporary directory removed when the helper ends (EOF, a
 signal, an error): an interrupted push leaves nothing behind, and nothing is stored unverified.
 """
+import errno
 import hashlib
 import json
 import os
@@ -40,6 +44,7 @@ import zlib
 BLOCK = 1 << 20  # a file's data is chunked in blocks of this size from its first byte
 DIGEST = 16  # bytes of sha256 per chunk on the wire (a wrong match is caught by the diffID check)
 MIN_REF = 256  # shorter chunks go as literal bytes: a reference would save nothing
+GZIP_LEVEL = 6  # for a rebuilt layer the server stores compressed (as pussh's own gzip layers)
 TAR_BLOCK = 512
 REGULAR = (b"0", b"\0", b"7")
 
@@ -324,6 +329,8 @@ class Helper:
                     self.do_base(cmd)
                 elif op == "delta":
                     self.reply({"ok": True, "size": self.do_delta(cmd)})
+                elif op == "store":
+                    self.reply(dict(ok=True, **self.do_store(cmd)))
                 else:
                     raise Failed(f"unknown op {op!r}")
             except Failed as err:
@@ -419,6 +426,42 @@ class Helper:
             raise Failed(error)
         os.replace(path + ".partial", path)
         return size
+
+    def do_store(self, cmd):
+        """The rebuilt tar gzip-compressed into a content store's blob directory (the name is the
+        digest: a reader never sees a partial blob, the rename is the commit)."""
+        src = os.path.join(self.tmp, os.path.basename(cmd["name"]))
+        part = os.path.join(self.tmp, "store.partial")
+        deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(src, "rb") as f, open(part, "wb") as w:
+                while True:
+                    data = f.read(1 << 20)
+                    out = deflate.compress(data) if data else deflate.flush()
+                    digest.update(out)
+                    w.write(out)
+                    size += len(out)
+                    if not data:
+                        break
+                os.fsync(w.fileno())
+            final = os.path.join(cmd["into"], digest.hexdigest())
+            try:
+                os.replace(part, final)
+            except OSError as err:
+                if err.errno != errno.EXDEV:
+                    raise
+                shutil.copyfile(part, final + ".pussh-partial")
+                os.replace(final + ".pussh-partial", final)
+            os.chmod(final, 0o444)
+        except OSError as err:
+            raise Failed(f"storing the rebuilt layer failed: {err}") from None
+        finally:
+            if os.path.exists(part):
+                os.unlink(part)
+        os.unlink(src)
+        return {"digest": "sha256:" + digest.hexdigest(), "size": size}
 
     def load(self, cmd):
         """docker load of the client's tar, the rebuilt layers put in where their headers stand."""
