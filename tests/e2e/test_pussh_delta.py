@@ -47,7 +47,9 @@ def files_listing(host, image) -> str:
 
 
 def leftovers(remote) -> list[str]:
-    dirs = remote.run("sh", "-c", "ls -d /var/lib/docker/tmp/pussh-delta-* 2>/dev/null", check=False).stdout.split()
+    """The helper's temp directories (Docker's tmp, beside containerd's content store) and processes."""
+    dirs = remote.run("sh", "-c", "ls -d /var/lib/docker/tmp/pussh-delta-* /var/lib/containerd/pussh-delta-* "
+                      "2>/dev/null", check=False).stdout.split()
     procs = remote.run("sh", "-c", "ps -eo args | grep -F 'pussh-delta' | grep -v grep", check=False).stdout.split("\n")
     return dirs + [p for p in procs if p.strip()]
 
@@ -137,3 +139,25 @@ def test_delta_to_classic_server_exact_fallback_interrupt(local, remote_host_cla
     assert [d["rebuilt"] for d in res["delta"]] == [True]
     assert files_listing(remote, "dlt:app") == files_listing(local, "dlt:v3")
     assert v1_id != v2_id != server_id()
+
+
+def test_delta_to_containerd_server_opt_in(local, remote_host):
+    remote = remote_host
+    push(local, remote, "dlt:v0")
+    # by default none: the server would store a blob of its own, so the manifest digest would change
+    sent, (r, res) = wire(remote, lambda: push(local, remote, "dlt:v1"))
+    assert res["delta"] == [] and sent > TOTAL_MB * MiB * 0.9, res
+
+    sent, (r, res) = wire(remote, lambda: push(local, remote, "dlt:v2", "--delta"))
+    [d] = res["delta"]
+    assert d["rebuilt"] and not d["exact"] and d["stored_digest"], res
+    assert sent < 3 * CHANGED + 256 * 1024, f"{sent} bytes on the wire for {CHANGED} changed"
+    target = remote.docker("image", "inspect", "--format", "{{.Id}}", "dlt:app").stdout.strip()
+    assert target == res["digest"] != local.docker("image", "inspect", "--format", "{{.Id}}", "dlt:v2").stdout.strip()
+    assert remote.diff_ids("dlt:app") == local.diff_ids("dlt:v2")
+    assert files_listing(remote, "dlt:app") == files_listing(local, "dlt:v2")
+    # the rebuilt blob is in Docker's namespace with its diffID, as a pulled layer would be
+    [line] = [l for l in remote.ctr("content", "ls", namespace="moby").stdout.splitlines()
+              if l.startswith(d["stored_digest"])]
+    assert f"containerd.io/uncompressed={d['diff_id']}" in line
+    assert leftovers(remote) == []
