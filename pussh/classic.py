@@ -104,15 +104,29 @@ async def load_image(conn: Connection, server: Server, source: ImageSource, plan
     async with contextlib.AsyncExitStack() as stack:
         rebuilt: dict[int, int] = {}  # position -> size of the layer the server rebuilt from a delta
         helper = None
-        if delta is not False and current.ok and sent:
-            rebuilt, helper = await _delta(stack, conn, server, source, manifest.layers, diff_ids, layers,
-                                           _json_list(current_layers), delta, ui, result)
+        if delta is not False and sent:
+            base_layers = _json_list(current_layers) if current.ok else await _repository_layers(conn, server, source)
+            if base_layers:
+                rebuilt, helper = await _delta(stack, conn, server, source, manifest.layers, diff_ids, layers,
+                                               base_layers, delta, ui, result)
         await _load(conn, server, source, layers, rebuilt, helper, config_name, config_body,
                     mf, ui, result)
     result.blobs_sent += len(sent) + 1
     result.bytes_sent += sum(l.size for i, (_, l) in enumerate(layers) if l is not None and i not in rebuilt)
     result.bytes_sent += len(config_body)
     result.sent += [manifest.config.digest] + [l.digest for l in sent]
+
+
+async def _repository_layers(conn: Connection, server: Server, source: ImageSource) -> list[str]:
+    """The diffIDs of the newest image of the push's repository on the server (another tag of it),
+    for a tag that is new there: the delta's base."""
+    repo = source.ref.with_tag("x").familiar.rsplit(":", 1)[0]
+    ids = await conn.run([*server.docker, "image", "ls", "-q", "--no-trunc", repo])
+    newest = ids.stdout.split()[:1]
+    if not ids.ok or not newest:
+        return []
+    res = await conn.run([*server.docker, "image", "inspect", "--format", "{{json .RootFS.Layers}}", newest[0]])
+    return _json_list(res.stdout.strip()) if res.ok else []
 
 
 def _json_list(text: str) -> list[str]:

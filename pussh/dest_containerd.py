@@ -196,6 +196,16 @@ class ContainerdDestination:
         with self._mapped(f"reading {digest[:19]}"):
             return await self.ctr.content.read_all(digest)
 
+    async def repository_image(self) -> str | None:
+        """The target of the newest record of this push's repository on the server (another tag of
+        it: the base a delta takes when the tag itself is new there), or None."""
+        with self._mapped("listing its images"):
+            images = await self.ctr.images.list()
+        ours = [i for i in images if i.name.startswith((f"{self.ref.repository}:", f"{self.ref.repository}@"))]
+        ours.sort(key=lambda i: (i.updated_at or i.created_at).timestamp() if (i.updated_at or i.created_at) else 0,
+                  reverse=True)
+        return ours[0].target.digest if ours else None
+
     async def content_dir(self) -> str | None:
         """The content store's directory on the server (where a helper finds the blob files)."""
         with self._mapped("answering"):

@@ -47,10 +47,11 @@ async def rewrite(conn: Connection, server: Server, dest: ContainerdDestination,
                   current: str | None, forced: bool | None, ui: UI, result: "HostResult") -> Plan:
     """The plan with every layer the helper rebuilt replaced by the blob it stored (and the
     manifests above it rewritten); the plan as it was where nothing was rebuilt."""
-    if not current or not plan.images or not plan.platforms:
+    if not plan.images or not plan.platforms:
         return plan
     try:
-        base_layers = await server_layers(dest, current, plan.platforms[0])
+        current = current or await dest.repository_image()
+        base_layers = await server_layers(dest, current, plan.platforms[0]) if current else []
         root = await dest.content_dir()
     except (M.InvalidManifest, DeltaFailed) as err:
         ui.debug(f"{conn.label}: no delta: {err}")
