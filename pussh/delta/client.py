@@ -10,7 +10,7 @@ import json
 import shlex
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,19 +53,20 @@ class LayerDelta:
 
 
 def decompressor(media_type: str):
-    """A streaming decompressor for a layer blob (its .decompress(bytes) -> bytes)."""
+    """A streaming decompressor for a layer blob: .pieces(bytes) yields its output in bounded
+    pieces (a compressed run of zeros may expand a thousandfold: RSS stays small)."""
     if "zstd" in media_type:
-        return zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+        return _Unzstd()
     if "gzip" in media_type:
         return _Gunzip()
-    if media_type.endswith(".tar") or media_type.endswith("tar"):
+    if media_type.endswith("tar"):
         return _Identity()
     raise DeltaFailed(f"layer media type {media_type} is not one pussh can read uncompressed")
 
 
 class _Identity:
-    def decompress(self, data: bytes) -> bytes:
-        return data
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        yield data
 
 
 class _Gunzip:
@@ -74,15 +75,26 @@ class _Gunzip:
     def __init__(self) -> None:
         self._z = zlib.decompressobj(47)
 
-    def decompress(self, data: bytes) -> bytes:
-        out = []
+    def pieces(self, data: bytes) -> Iterator[bytes]:
         while data:
-            out.append(self._z.decompress(data))
-            if not self._z.eof:
-                break
-            data = self._z.unused_data
-            self._z = zlib.decompressobj(47)
-        return b"".join(out)
+            yield self._z.decompress(data, helper.INFLATE_PIECE)
+            if self._z.eof:
+                data = self._z.unused_data
+                self._z = zlib.decompressobj(47)
+            else:
+                data = self._z.unconsumed_tail
+
+
+class _Unzstd:
+    """zstd has no output bound per call: the input goes in small slices instead."""
+    SLICE = 16 << 10
+
+    def __init__(self) -> None:
+        self._z = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        for i in range(0, len(data), self.SLICE):
+            yield self._z.decompress(data[i:i + self.SLICE])
 
 
 class Session:
@@ -188,10 +200,10 @@ class Session:
 
         async for raw in source(0):
             progress(len(raw))
-            data = unpack.decompress(raw)
-            whole.update(data)
-            parts(chunker.feed(data))
-            await flush_frames()
+            for data in unpack.pieces(raw):
+                whole.update(data)
+                parts(chunker.feed(data))
+                await flush_frames()
         parts(chunker.end())
         flush_literal()
         op(b"E")

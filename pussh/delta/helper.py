@@ -46,6 +46,7 @@ DIGEST = 16  # bytes of sha256 per chunk on the wire (a wrong match is caught by
 MIN_REF = 256  # shorter chunks go as literal bytes: a reference would save nothing
 GZIP_LEVEL = 6  # for a rebuilt layer the server stores compressed (as pussh's own gzip layers)
 TAR_BLOCK = 512
+INFLATE_PIECE = 4 << 20  # most bytes one inflate call may return (memory stays bounded)
 REGULAR = (b"0", b"\0", b"7")
 
 
@@ -278,14 +279,16 @@ def index_blob(path, tmp):
                 break
             while raw:
                 try:
-                    data = inflate.decompress(raw)
+                    data = inflate.decompress(raw, INFLATE_PIECE)
                 except zlib.error as err:
                     raise Failed(f"the base blob does not inflate: {err}") from None
                 w.write(data)
                 parts(chunker.feed(data))
-                raw = inflate.unused_data if inflate.eof else b""
                 if inflate.eof:
+                    raw = inflate.unused_data
                     inflate = zlib.decompressobj(47)  # a further gzip member
+                else:
+                    raw = inflate.unconsumed_tail
         parts(chunker.end())
     return base
 
@@ -365,7 +368,9 @@ class Helper:
             data = self.inp.read(n)
             if len(data) < n:
                 raise EOFError("the client went away")
-            yield inflate.decompress(data)
+            while data:  # bounded pieces: a frame of zeros may inflate a thousandfold
+                yield inflate.decompress(data, INFLATE_PIECE)
+                data = inflate.unconsumed_tail
 
     def do_delta(self, cmd):
         """Rebuild the layer's tar from the ops; keep it only if it hashes to the diffID. The ops
