@@ -130,17 +130,18 @@ class Session:
             raise DeltaFailed(f"the delta helper said {line[:80]!r}") from err
 
     async def layer(self, base: dict, source: Source, layer: Desc, diff_id: str, name: str,
-                    record: LayerDelta, progress: Callable[[int], None] = lambda n: None) -> None:
+                    record: LayerDelta, progress: Callable[[int], None] = lambda n: None, gzip: bool = False) -> None:
         """Rebuild `layer` on the server as the file `name` in the helper's directory, from the base
-        named by `base` (a helper "base" command); counts into `record`. DeltaFailed: send it whole."""
+        named by `base` (a helper "base" command), gzipped there with `gzip`; counts into `record`.
+        DeltaFailed: send it whole."""
         async with self.lock:
             try:
-                await self._layer(base, source, layer, diff_id, name, record, progress)
+                await self._layer(base, source, layer, diff_id, name, record, progress, gzip)
             except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as err:
                 raise DeltaFailed(f"the delta helper went away: {type(err).__name__}: {err}") from err
 
     async def _layer(self, base: dict, source: Source, layer: Desc, diff_id: str, name: str,
-                     record: LayerDelta, progress: Callable[[int], None]) -> None:
+                     record: LayerDelta, progress: Callable[[int], None], gzip: bool) -> None:
         record.bytes_sent += await self._send({"op": "base", **base})
         reply = await self._reply()
         if not reply.get("ok"):
@@ -148,7 +149,7 @@ class Session:
         listing = await self.proc.stdout.readexactly(int(reply["count"]) * helper.DIGEST)
         d = helper.DIGEST
         index = {listing[i:i + d]: i // d for i in range(0, len(listing), d)}
-        record.bytes_sent += await self._send({"op": "delta", "diff_id": diff_id, "name": name})
+        record.bytes_sent += await self._send({"op": "delta", "diff_id": diff_id, "name": name, "gzip": gzip})
         sent = await self._stream_ops(source, layer, index, record, progress)
         record.bytes_sent += sent
         reply = await self._reply()
@@ -218,7 +219,7 @@ class Session:
         return written
 
     async def store(self, name: str, into: str) -> tuple[str, int]:
-        """The rebuilt layer `name`, gzip-compressed by the helper, moved into the directory `into`
+        """The layer `name` the helper rebuilt gzipped, moved into the directory `into`
         (containerd's blobs/sha256): its digest and size."""
         async with self.lock:
             try:

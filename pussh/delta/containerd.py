@@ -82,7 +82,7 @@ async def rewrite(conn: Connection, server: Server, dest: ContainerdDestination,
                         session = await Session.open(conn, server.sudo, server.python, posixpath.dirname(root))
                     await session.layer({"blob": f"{root}/blobs/sha256/{D.hex_of(base.digest)}"},
                                         source.opener(layer.digest), layer, diff_ids[i], D.hex_of(diff_ids[i]),
-                                        record)
+                                        record, gzip=True)
                     digest, size = await session.store(D.hex_of(diff_ids[i]), f"{root}/blobs/sha256")
                     await dest.adopt(digest, size, diff_ids[i])
                 except DeltaFailed as err:

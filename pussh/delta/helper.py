@@ -19,9 +19,10 @@ Protocol (stdin -> helper, replies on stdout): a JSON line per command, binary a
   {"op": "delta", "diff_id": "sha256:..", "name": NAME} + frames (u32 length + zlib bytes; 0 ends)
       of ops: b"L" u32 n + n literal bytes | b"R" u32 index (a base chunk) | b"E" (end)
       -> {"ok", "size"} once the rebuilt tar matched diff_id (kept as NAME), else {"ok": false, "error"}
+      ("gzip": true: NAME is kept gzipped, deterministically: zlib level 6, no mtime)
   {"op": "store", "name": NAME, "into": DIR}
-      -> gzip of the rebuilt NAME (deterministic: zlib level 6, no mtime) moved into DIR as its
-      digest's hex (containerd's blobs/sha256): {"ok", "digest", "size"}
+      -> the gzipped NAME moved into DIR as its digest's hex (containerd's blobs/sha256):
+      {"ok", "digest", "size"}
   {"op": "load", "argv": [docker, ...], "files": {MEMBER: NAME}} + a docker-save tar until EOF:
       runs `argv load -q`, passing the tar through and putting the rebuilt file NAME where a member
       MEMBER's header (no data follows it) stands; docker's output and exit status become the helper's.
@@ -32,6 +33,7 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import shutil
 import signal
 import stat
@@ -39,6 +41,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import zlib
 
 BLOCK = 1 << 20  # a file's data is chunked in blocks of this size from its first byte
@@ -309,10 +312,72 @@ def layer_dir(docker_root, chain_hex):
     raise Failed(f"the server has no unpacked layer for chain sha256:{chain_hex}")
 
 
+class Sink:
+    """Where a rebuilt layer goes: a file, hashed as it is written (and with `gzip`, compressed by
+    a thread, in batches: zlib and hashlib let go of the GIL, so the two overlap)."""
+    BATCH = 1 << 20
+
+    def __init__(self, path, gzip):
+        self.gzip = gzip
+        self.raw_digest, self.raw_size = hashlib.sha256(), 0
+        self.out_digest, self.out_size = hashlib.sha256(), 0
+        self._f = open(path, "wb")
+        self._batch = bytearray()
+        self._queue = queue.Queue(maxsize=8) if gzip else None
+        self._thread = threading.Thread(target=self._compress, daemon=True) if gzip else None
+        self._error = None
+        if self._thread is not None:
+            self._thread.start()
+
+    def write(self, data):
+        self.raw_digest.update(data)
+        self.raw_size += len(data)
+        if not self.gzip:
+            self._f.write(data)
+            return
+        self._batch += data
+        if len(self._batch) >= self.BATCH:
+            self._queue.put(bytes(self._batch))
+            self._batch = bytearray()
+
+    def _out(self, data):
+        self.out_digest.update(data)
+        self.out_size += len(data)
+        self._f.write(data)
+
+    def _compress(self):
+        deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        try:
+            while True:
+                data = self._queue.get()
+                if data is None:
+                    self._out(deflate.flush())
+                    return
+                self._out(deflate.compress(data))
+        except OSError as err:
+            self._error = err
+            while self._queue.get() is not None:  # let the writer finish
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._thread is not None:
+            if self._batch:
+                self._queue.put(bytes(self._batch))
+            self._queue.put(None)
+            self._thread.join()
+        self._f.close()
+        if self._error is not None and exc[0] is None:
+            raise Failed(f"writing the rebuilt layer failed: {self._error}")
+
+
 class Helper:
     def __init__(self, tmp, inp, out):
         self.tmp, self.inp, self.out = tmp, inp, out
         self.base = None
+        self.stored = {}  # name -> (digest, size) of layers rebuilt gzipped, until stored
 
     def reply(self, obj, payload=b""):
         self.out.write(json.dumps(obj).encode() + b"\n" + payload)
@@ -373,21 +438,16 @@ class Helper:
                 data = inflate.unconsumed_tail
 
     def do_delta(self, cmd):
-        """Rebuild the layer's tar from the ops; keep it only if it hashes to the diffID. The ops
-        stream is read to its end even after a failure, so the next command is found."""
+        """Rebuild the layer's tar from the ops; keep it only if it hashes to the diffID. With
+        "gzip", what is kept is the tar gzipped on the way (a thread compresses while the rebuild
+        reads on: no second pass over the layer). The ops stream is read to its end even after a
+        failure, so the next command is found."""
         name = os.path.basename(cmd["name"])
         path = os.path.join(self.tmp, name)
-        digest = hashlib.sha256()
-        size = 0
         error = None
         buf = bytearray()
-        with open(path + ".partial", "wb") as w:
-            def emit(data):
-                nonlocal size
-                digest.update(data)
-                w.write(data)
-                size += len(data)
-            ended = False
+        ended = False
+        with Sink(path + ".partial", bool(cmd.get("gzip"))) as sink:
             for data in self._frames():
                 buf += data
                 while not ended and error is None and buf:
@@ -401,7 +461,7 @@ class Helper:
                         (n,) = struct.unpack(">I", buf[1:5])
                         if len(buf) < 5 + n:
                             break
-                        emit(bytes(buf[5:5 + n]))
+                        sink.write(bytes(buf[5:5 + n]))
                         del buf[:5 + n]
                     elif op == b"R":
                         if len(buf) < 5:
@@ -411,17 +471,16 @@ class Helper:
                         try:
                             if self.base is None or i >= len(self.base.order):
                                 raise Failed(f"chunk {i} is not in the base")
-                            chunk = self.base.read(i)
+                            sink.write(self.base.read(i))
                         except (Failed, OSError) as err:
                             error = str(err)
                             break
-                        emit(chunk)
                     else:
                         error = f"bad op {op!r}"
                 if error is not None:
                     buf.clear()  # read on to the stream's end, ignoring it
         want = cmd["diff_id"]
-        got = "sha256:" + digest.hexdigest()
+        got = "sha256:" + sink.raw_digest.hexdigest()
         if error is None and not ended:
             error = "the ops stream ended early"
         if error is None and got != want:
@@ -430,43 +489,32 @@ class Helper:
             os.unlink(path + ".partial")
             raise Failed(error)
         os.replace(path + ".partial", path)
-        return size
+        if sink.gzip:
+            self.stored[name] = ("sha256:" + sink.out_digest.hexdigest(), sink.out_size)
+        return sink.raw_size
 
     def do_store(self, cmd):
-        """The rebuilt tar gzip-compressed into a content store's blob directory (the name is the
-        digest: a reader never sees a partial blob, the rename is the commit)."""
-        src = os.path.join(self.tmp, os.path.basename(cmd["name"]))
-        part = os.path.join(self.tmp, "store.partial")
-        deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-        digest = hashlib.sha256()
-        size = 0
+        """A layer rebuilt with "gzip" moved into a content store's blob directory under its
+        digest (a reader never sees a partial blob: the rename is the commit)."""
+        name = os.path.basename(cmd["name"])
+        if name not in self.stored:
+            raise Failed(f"no gzipped rebuild of {name}")
+        digest, size = self.stored.pop(name)
+        src = os.path.join(self.tmp, name)
+        final = os.path.join(cmd["into"], digest.split(":", 1)[1])
         try:
-            with open(src, "rb") as f, open(part, "wb") as w:
-                while True:
-                    data = f.read(1 << 20)
-                    out = deflate.compress(data) if data else deflate.flush()
-                    digest.update(out)
-                    w.write(out)
-                    size += len(out)
-                    if not data:
-                        break
-                os.fsync(w.fileno())
-            final = os.path.join(cmd["into"], digest.hexdigest())
+            os.chmod(src, 0o444)
             try:
-                os.replace(part, final)
+                os.replace(src, final)
             except OSError as err:
                 if err.errno != errno.EXDEV:
                     raise
-                shutil.copyfile(part, final + ".pussh-partial")
+                shutil.copyfile(src, final + ".pussh-partial")
                 os.replace(final + ".pussh-partial", final)
-            os.chmod(final, 0o444)
+                os.unlink(src)
         except OSError as err:
             raise Failed(f"storing the rebuilt layer failed: {err}") from None
-        finally:
-            if os.path.exists(part):
-                os.unlink(part)
-        os.unlink(src)
-        return {"digest": "sha256:" + digest.hexdigest(), "size": size}
+        return {"digest": digest, "size": size}
 
     def load(self, cmd):
         """docker load of the client's tar, the rebuilt layers put in where their headers stand."""
