@@ -144,13 +144,16 @@ async def _delta(stack: contextlib.AsyncExitStack, conn: Connection, server: Ser
     from .delta import classic as delta_classic  # only where a delta is tried
     from .delta.client import DeltaFailed
     missing = [i for i, (_, l) in enumerate(layers) if l is not None]
+    tries = delta_classic.worth_trying(descs, diff_ids, missing, server_diff_ids, forced)
+    if not tries:
+        return {}, None
     try:
         helper = await stack.enter_async_context(delta_classic.session(conn, server))
     except DeltaFailed as err:
         ui.line(f"{conn.label}: no delta ({err}); sending the layers whole")
         return {}, None
-    rebuilt = await delta_classic.rebuild(helper, conn, source, descs, diff_ids, missing, chain_ids(server_diff_ids),
-                                          server_diff_ids, server.docker_root, forced, ui, result)
+    rebuilt = await delta_classic.rebuild(helper, conn, source, descs, diff_ids, tries, chain_ids(server_diff_ids),
+                                          server.docker_root, forced, ui, result)
     return rebuilt, helper
 
 

@@ -322,6 +322,8 @@ def _push_images(items: list[_Item], hosts: list[str], *, ssh_keys, ssh_configs,
             refs.append(R.parse(item.image))
         except R.InvalidReference as err:
             raise UsageError(f"{item.context}: {err}" if item.context else str(err)) from None
+    if pull is not None and delta is not None:
+        raise UsageError("pussh pull sends whole layers: --delta and --no-delta are for pushes")
     if pull is not None and transport == "stdio":
         raise UsageError("pussh pull takes sshd's forwarding only: --transport stdio is for pushes")
     targets = [parse_target(h) for h in hosts]

@@ -36,6 +36,14 @@ def bases(diff_ids: list[str], missing: list[int], server_diff_ids: list[str]) -
     return out
 
 
+def worth_trying(layers: list[Desc], diff_ids: list[str], missing: list[int], server_diff_ids: list[str],
+                 forced: bool | None) -> dict[int, int]:
+    """The missing layers worth a delta (position -> its base's position), before any helper starts:
+    a push whose missing layers are all small starts none."""
+    return {i: j for i, j in bases(diff_ids, missing, server_diff_ids).items()
+            if when.worth_it(layers[i].size, when.ASSUMED_LINK_RATE, forced)}
+
+
 @contextlib.asynccontextmanager
 async def session(conn: Connection, server: Server):
     """The helper for one load, closed (and its directory gone) on every way out."""
@@ -47,13 +55,14 @@ async def session(conn: Connection, server: Server):
 
 
 async def rebuild(s: Session, conn: Connection, source: ImageSource, layers: list[Desc], diff_ids: list[str],
-                  missing: list[int], server_chains: list[str], server_diff_ids: list[str], docker_root: str,
-                  forced: bool | None, ui: UI, result: "HostResult") -> dict[int, int]:
-    """Try the delta for each missing layer worth it; returns position -> rebuilt size of those the
-    helper rebuilt and verified. The others are sent whole; result.delta records every try."""
+                  tries: dict[int, int], server_chains: list[str], docker_root: str, forced: bool | None, ui: UI,
+                  result: "HostResult") -> dict[int, int]:
+    """Try the delta for each layer of `tries` (position -> its base's, from worth_trying) that is
+    still worth it at the rate seen; returns position -> rebuilt size of those the helper rebuilt
+    and verified. The others are sent whole; result.delta records every try."""
     done: dict[int, int] = {}
     t0 = time.monotonic()
-    for i, j in sorted(bases(diff_ids, missing, server_diff_ids).items(), key=lambda p: -layers[p[0]].size):
+    for i, j in sorted(tries.items(), key=lambda p: -layers[p[0]].size):
         layer = layers[i]
         rate = when.link_rate(result.bytes_sent, time.monotonic() - t0)
         if not when.worth_it(layer.size, rate, forced):
