@@ -95,7 +95,7 @@ def test_delta_to_classic_server_exact_fallback_interrupt(local, remote_host_cla
             "f.write(bytes([b[0] ^ 0xFF]))", victim]  # done twice: the file as it was
     local.docker("tag", "dlt:v2", "dlt:app")
     tx0, _ = remote.link_bytes()
-    remote.shape(rate="1mbit")
+    remote.shape(rate="512kbit")  # the rebuild waits seconds for the changed files
     try:
         proc = start_push(local, remote, "--json")
         wait_for_rebuild(remote, proc)
