@@ -22,7 +22,7 @@ from oci.manifest import Desc
 
 from ..errors import PusshError
 from ..ssh import Connection
-from . import helper
+from . import helper, when
 
 SCRIPT = Path(helper.__file__).read_text()
 FRAME = 256 << 10  # compressed bytes per frame on the wire
@@ -150,17 +150,22 @@ class Session:
         d = helper.DIGEST
         index = {listing[i:i + d]: i // d for i in range(0, len(listing), d)}
         record.bytes_sent += await self._send({"op": "delta", "diff_id": diff_id, "name": name, "gzip": gzip})
-        sent = await self._stream_ops(source, layer, index, record, progress)
+        sent, problem = await self._stream_ops(source, layer, index, record, progress)
         record.bytes_sent += sent
-        reply = await self._reply()
+        reply = await self._reply()  # (read even so: the next command's reply comes after it)
+        if problem:
+            raise DeltaFailed(problem)
         if not reply.get("ok"):
             raise DeltaFailed(str(reply.get("error")))
         record.size = int(reply["size"])
 
     async def _stream_ops(self, source: Source, layer: Desc, index: dict[bytes, int], record: LayerDelta,
-                          progress: Callable[[int], None]) -> int:
+                          progress: Callable[[int], None]) -> tuple[int, str | None]:
         """The local layer, uncompressed and chunked, as ops: references where the base has the
-        chunk, literal bytes elsewhere. Returns the bytes written."""
+        chunk, literal bytes elsewhere. Returns the bytes written, and why the delta cannot be
+        used (None: it can, if the helper's check agrees). A base that turns out to share little
+        ends the stream early (the helper then fails it): the full blob is cheaper than compressing
+        the whole layer here."""
         unpack = decompressor(layer.media_type)
         chunker = helper.TarChunker()
         deflate = zlib.compressobj(ZLIB_LEVEL)
@@ -199,24 +204,33 @@ class Session:
                 if len(literal) >= LITERAL_FLUSH:
                     flush_literal()
 
+        seen = read = 0
+        problem = None
         async for raw in source(0):
             progress(len(raw))
+            read += len(raw)
             for data in unpack.pieces(raw):
                 whole.update(data)
+                seen += len(data)
                 parts(chunker.feed(data))
                 await flush_frames()
-        parts(chunker.end())
-        flush_literal()
-        op(b"E")
+            if when.too_little_shared(read, layer.size, seen, record.shared):
+                problem = (f"the base shares only {record.shared * 100 // seen} % of the first "
+                           f"{seen >> 20} MiB")
+                break
+        if problem is None:
+            parts(chunker.end())
+            flush_literal()
+            op(b"E")
         pending.extend(deflate.flush())
         await flush_frames(final=True)
         self.proc.stdin.write(struct.pack(">I", 0))
         written += 4
         await self.proc.stdin.drain()
-        if "sha256:" + whole.hexdigest() != record.diff_id:
+        if problem is None and "sha256:" + whole.hexdigest() != record.diff_id:
             # the server's check fails too; said here because it is the local image that is wrong
-            raise DeltaFailed(f"the local layer {layer.digest} does not hash to its diffID {record.diff_id}")
-        return written
+            problem = f"the local layer {layer.digest} does not hash to its diffID {record.diff_id}"
+        return written, problem
 
     async def store(self, name: str, into: str) -> tuple[str, int]:
         """The layer `name` the helper rebuilt gzipped, moved into the directory `into`

@@ -6,6 +6,12 @@ STARTUP_SECONDS = 0.3  # the helper's start (~50 ms) and its base listing's roun
 DELTA_RATE = 100e6  # bytes/s through the chunking and the rebuild (2 shared cores, measured ~150)
 ASSUMED_LINK_RATE = 100e6 / 8  # until bytes have crossed: the 20-50 Mbit uplinks this is for, doubled
 MIN_MEASURED = 1 << 20  # bytes that must have crossed before their rate counts
+# Once JUDGE_AFTER of a layer (and JUDGE_FRACTION of its blob) has been read, a base sharing less
+# than MIN_SHARED of it ends the delta: that layer goes whole (its compressed blob, rather than all
+# of it compressed again here). The fraction: new files may come first in the tar.
+JUDGE_AFTER = 16 << 20
+JUDGE_FRACTION = 0.3
+MIN_SHARED = 0.5
 
 
 def link_rate(bytes_sent: int, seconds: float) -> float:
@@ -22,3 +28,8 @@ def worth_it(size: int, rate: float, forced: bool | None) -> bool:
     if forced is not None:
         return forced
     return size / rate > STARTUP_SECONDS + size / DELTA_RATE
+
+
+def too_little_shared(blob_read: int, blob_size: int, seen: int, shared: int) -> bool:
+    """Whether a delta under way should give up: enough of the layer read, too little of it shared."""
+    return seen >= JUDGE_AFTER and blob_read >= JUDGE_FRACTION * blob_size and shared < MIN_SHARED * seen

@@ -25,6 +25,7 @@ CHANGED = 4 * FILE_SIZE
 @pytest.fixture(scope="module")
 def local(local_host):
     build_files_images(local_host, {f"dlt:v{v}": v for v in range(4)}, TOTAL_MB, FILES, seed="dlt")
+    build_files_images(local_host, {"dlt:other": 0}, TOTAL_MB, FILES, seed="other")  # shares no file
     return local_host
 
 
@@ -70,7 +71,7 @@ def wait_for_rebuild(remote, proc) -> None:
         time.sleep(0.05)
 
 
-def test_delta_to_classic_server_exact_fallback_interrupt(local, remote_host_classic):
+def test_delta_to_classic_server_exact_fallback_interrupt_wrong_base(local, remote_host_classic):
     remote = remote_host_classic
     push(local, remote, "dlt:v0", "--no-delta")
     server_id = lambda: remote.docker("image", "inspect", "--format", "{{.Id}}", "dlt:app").stdout.strip()  # noqa: E731
@@ -139,6 +140,14 @@ def test_delta_to_classic_server_exact_fallback_interrupt(local, remote_host_cla
     assert [d["rebuilt"] for d in res["delta"]] == [True]
     assert files_listing(remote, "dlt:app") == files_listing(local, "dlt:v3")
     assert v1_id != v2_id != server_id()
+
+    # 4. a wrong base (the tag now names an unrelated image): the delta gives up, the layer goes whole
+    r, res = push(local, remote, "dlt:other", "--delta")
+    [d] = res["delta"]
+    assert not d["rebuilt"] and d["error"] and d["shared"] == 0, res
+    assert remote.diff_ids("dlt:app") == local.diff_ids("dlt:other")
+    assert files_listing(remote, "dlt:app") == files_listing(local, "dlt:other")
+    assert leftovers(remote) == []
 
 
 def test_delta_to_containerd_server_opt_in(local, remote_host):

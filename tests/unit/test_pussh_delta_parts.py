@@ -140,3 +140,11 @@ def test_worth_it():
     assert not when.worth_it(300 << 20, 10e9, None)  # a link faster than the rebuild
     assert when.worth_it(1, 10e9, True) and not when.worth_it(300 << 20, 1e3, False)
     assert when.link_rate(10, 1.0) == when.ASSUMED_LINK_RATE and when.link_rate(10 << 20, 2.0) == 5 << 20
+
+
+def test_a_delta_gives_up_on_a_base_that_shares_little():
+    big = 300 << 20
+    assert when.too_little_shared(100 << 20, big, 100 << 20, 10 << 20)
+    assert not when.too_little_shared(100 << 20, big, 100 << 20, 60 << 20)  # shares enough
+    assert not when.too_little_shared(50 << 20, big, 50 << 20, 0)  # new files may come first
+    assert not when.too_little_shared(10 << 20, 10 << 20, 10 << 20, 0)  # a small layer goes to its end
