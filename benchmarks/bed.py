@@ -149,6 +149,13 @@ class Bed:
         """FROM-scratch busybox layer + one layer per size; names map to variants of the LAST layer."""
         testbed.build_test_images(local, names, sizes_mb, seed=seed, text_mb=text_mb)
 
+    @staticmethod
+    def build_files_images(local: LocalHost, names: dict[str, int], total_mb: float, files: int, seed: str,
+                           changed: float) -> None:
+        """S9's: one big layer of `files` files; names map to variants, each ~`changed` apart."""
+        from testbed.images import build_files_images
+        build_files_images(local, names, total_mb, files, seed=seed, changed=changed)
+
     def registry_image(self, local: LocalHost) -> str:
         """The repo's registry image on `local`: loaded from a tar cached by the hash of its sources,
         else built (debootstrap base + pip) and cached."""

@@ -11,6 +11,7 @@ servers; `push` runs the real commands and returns what the client processes cos
   path, into the server's containerd over a forwarded socket)
 - pussh-registry: the same with `--via registry` (a registry container per push: what a docker-group
   user gets)
+- pussh-delta: the same with `--delta` (S9 only: the sub-layer delta, forced)
 - ctr-import: `docker save IMAGE | ssh HOST ctr -n k8s.io images import -`, for servers without Docker
   (a Kubernetes node: containerd with CRI); ctr imports and unpacks
 - ssh-stream: as many bytes as the image's blobs through one `ssh HOST 'cat > /dev/null'`, first push
@@ -325,7 +326,9 @@ class Pussh(Method):
         super().__init__(bed, workdir)
         self.cache = workdir / "pussh-cache"
         exe = REPO / ".venv/bin/pussh"
-        self.argv0 = [str(exe)] if exe.exists() else [str(REPO / ".venv/bin/python"), "-m", "pussh"]
+        # a worktree whose .venv is another checkout's: its entry script imports that checkout's pussh
+        own = (REPO / ".venv").resolve().parent == REPO.resolve()
+        self.argv0 = [str(exe)] if exe.exists() and own else [str(REPO / ".venv/bin/python"), "-m", "pussh"]
 
     @staticmethod
     def templates() -> list[str]:
@@ -346,7 +349,7 @@ class Pussh(Method):
                 *extra, image, *(self.bed.alias(r) for r in remotes)]
 
     def env(self, local) -> dict[str, str]:
-        return self.bed.local_env(local, PUSSH_CACHE_DIR=str(self.cache))
+        return self.bed.local_env(local, PUSSH_CACHE_DIR=str(self.cache), PYTHONPATH=str(REPO))
 
     def push(self, local, image: str, remotes: Sequence) -> Outcome:
         r = run_client(self.argv(image, remotes), self.env(local), self.workdir, "pussh", cwd=str(REPO))
@@ -359,7 +362,8 @@ class Pussh(Method):
             except ValueError:
                 pass
         out.details["hosts"] = [{k: h.get(k) for k in ("host", "ok", "error", "blobs_sent", "blobs_skipped",
-                                                        "bytes_sent", "bytes_skipped", "seconds", "via", "namespace")}
+                                                        "bytes_sent", "bytes_skipped", "seconds", "via", "namespace",
+                                                        "digest", "delta")}
                                 for h in hosts]
         if out.ok and (len(hosts) != len(remotes) or not all(h.get("ok") for h in hosts)):
             out.ok = False
@@ -392,4 +396,19 @@ class PusshStdio(Pussh):
                 "(the direct path over a relay command's stdin/stdout, as on a server whose sshd forwards nothing)"]
 
 
-METHODS = {m.name: m for m in (SaveLoad, RegistryPath, PusshRegistry, Pussh, PusshStdio, CtrImport, SshStream)}
+class PusshDelta(Pussh):
+    name, label = "pussh-delta", "pussh --delta"
+    stores = ("containerd", "classic")
+    groups = ("delta", "delta-classic")  # S9: the sub-layer delta forced (opt-in on a containerd store)
+
+    def argv(self, image: str, remotes: Sequence, *extra: str) -> list[str]:
+        return super().argv(image, remotes, "--delta", *extra)
+
+    @staticmethod
+    def templates() -> list[str]:
+        return ["pussh --json -q -F CONFIG --registry-image pussh-registry:bench --delta IMAGE HOST",
+                "(a changed layer rebuilt on the server from the layer of the image it has: a containerd store "
+                "then keeps a blob gzipped there, under a rewritten manifest)"]
+
+
+METHODS = {m.name: m for m in (SaveLoad, RegistryPath, PusshRegistry, Pussh, PusshStdio, PusshDelta, CtrImport, SshStream)}

@@ -17,6 +17,10 @@ K1/K2: S1/S3 to a Kubernetes-like node (containerd with CRI, no Docker): pussh a
 R1-R4 on two realistic images (benchmarks/realimages.py: `web`, `data`; scenario ids R1.web ...):
 R1 first push to a server that has the Debian base; R2 the application code changed; R3 one dependency
 added (the dependency layer rebuilt); R4 first push to an empty server.
+S9.1/S9.2: one 300 MB layer of 3000 files with 1 % of them rewritten or added, to a containerd-store
+and a classic-store server that have the previous tag (sub-layer delta: pussh-delta is `pussh --delta`;
+plain pussh takes the delta by default only to the classic store). Its link shapes are the issue's:
+`--scenarios S9 --shapes shaped --rate 50mbit --delay 10ms`, then `--rate 200mbit`.
 Before each first push (S1, S4, S5, S6.1, S7.1, S8, K1, R1, R4) the servers are reset: every bench
 image removed (and containerd's garbage collection waited for), the distribution registry emptied,
 pussh's layer cache emptied; for R1 the base image is then pushed (untimed) by the same method.
@@ -59,11 +63,31 @@ class ImageSpec:
         return f"bench/{self.family}:{v}"
 
 
+@dataclass(frozen=True)
+class FilesSpec:
+    """S9's image: one big layer of many files (testbed.images.build_files_images); tag v+1 is
+    variant v, each ~`changed` of the files rewritten or added from the one before."""
+    family: str
+    total_mb: float
+    files: int
+    changed: float
+    variants: int = 2
+
+    def tag(self, v: int) -> str:
+        return f"bench/{self.family}:{v}"
+
+    def changed_bytes(self, scale: float) -> int:
+        """The data that differs from one tag to the next: the files rewritten and added."""
+        size = int(self.total_mb * scale * (1 << 20) / self.files)
+        return 2 * max(1, round(self.files * self.changed / 2)) * size
+
+
 IMAGES = {
     "app4": ImageSpec("app4", (150, 100, 50), 3, 2),       # busybox + 3 layers, ~320 MB
     "app20": ImageSpec("app20", (15,) * 19, 1, 1),         # busybox + 19 layers, ~310 MB
     "app1g": ImageSpec("app1g", (1024,), 0, 1),             # busybox + one 1 GiB layer
     **realimages.REAL,                                       # web, data: tags base, 1, app2, dep2
+    "files300": FilesSpec("files300", 300, 3000, 0.01),      # S9: 3000 files of 100 KiB, 1 % changed
 }
 
 
@@ -91,6 +115,9 @@ GROUPS = [
         Group(fam, "containerd", (("a", "containerd"),), fam,
               (("_base", "base"), (f"R1.{fam}", "1"), (f"R2.{fam}", "app2"), (f"R3.{fam}", "dep2"))),
         Group(f"{fam}-empty", "containerd", (("a", "containerd"),), fam, ((f"R4.{fam}", "1"),)))),
+    # S9: the server has :1 (pushed untimed by the same method), :2 differs in ~1 % of the big layer's files
+    Group("delta", "containerd", (("a", "containerd"),), "files300", (("_base", 1), ("S9.1", 2))),
+    Group("delta-classic", "containerd", (("d", "classic"),), "files300", (("_base", 1), ("S9.2", 2))),
 ]
 SCENARIOS = {
     "S1": "first push, 4 layers (~320 MB)", "S2": "the same push again",
@@ -100,6 +127,8 @@ SCENARIOS = {
     "S7.2": "classic-store client: again", "S7.3": "classic-store client: last layer changed",
     "S8": "first push to three servers at once",
     "K1": "Kubernetes-like node (no Docker): first push", "K2": "Kubernetes-like node: last layer changed",
+    "S9.1": "one 300 MB layer of 3000 files, 1 % changed (containerd-store server)",
+    "S9.2": "one 300 MB layer of 3000 files, 1 % changed (classic-store server)",
     **{f"R{i}.{fam}": f"{fam}: {what}" for fam in ("web", "data") for i, what in (
         (1, "first push, the server has the base"), (2, "application code changed"),
         (3, "one dependency added"), (4, "first push to an empty server"))},
@@ -174,6 +203,14 @@ class Runner:
                 images[g.image] = self.real_info(local, spec, tags)
                 continue
             names = {spec.tag(v): v for v in range(1, spec.variants + 1)}
+            if isinstance(spec, FilesSpec):
+                self.bed.build_files_images(local, {n: v - 1 for n, v in names.items()}, spec.total_mb * self.a.scale,
+                                            spec.files, seed=f"bench-{g.image}", changed=spec.changed)
+                self.log(f"setup: built {', '.join(names)} in {time.monotonic() - t:.1f}s")
+                info = {n: self.bed.image_blobs(local, n) for n in names}
+                images[g.image] = {"total_mb": spec.total_mb * self.a.scale, "files": spec.files, "tags": info,
+                                   "changed_data": spec.changed_bytes(self.a.scale)}
+                continue
             self.bed.build_images(local, names, self.sizes(spec), seed=f"bench-{g.image}", text_mb=spec.text_mb)
             self.log(f"setup: built {', '.join(names)} on the {g.local_store}-store client "
                      f"in {time.monotonic() - t:.1f}s")
@@ -473,12 +510,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="do not write benchmarks/RESULTS.md and the chart")
     a = ap.parse_args(argv)
     a.runs = a.runs or (1 if a.quick else 3)
-    default = "S1,S2,S3,K2,R1.web,R2.web,R3.web" if a.quick else "S1,S2,S3,S4,S5,S6,S7,S8,K,web,data"
+    default = "S1,S2,S3,K2,R1.web,R2.web,R3.web" if a.quick else "S1,S2,S3,S4,S5,S6,S7,S8,S9,K,web,data"
     a.scenarios = [s.strip().lower() for s in (a.scenarios or default).split(",") if s.strip()]
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     a.shapes = [s.strip() for s in a.shapes.split(",") if s.strip()]
     bad = [m for m in a.methods if m not in METHODS] + [s for s in a.shapes if s not in ("unshaped", "shaped")]
-    bad += [s for s in a.scenarios if not re.fullmatch(r"s[1-8](\.[1-3])?|k[12]?|r[1-4](\.(web|data))?|web|data", s)]
+    bad += [s for s in a.scenarios if not re.fullmatch(r"s[1-8](\.[1-3])?|s9(\.[12])?|k[12]?|r[1-4](\.(web|data))?|web|data", s)]
     if bad:
         ap.error(f"unknown: {', '.join(bad)}")
     return a

@@ -9,6 +9,7 @@ sent twice and nothing is left behind outside Docker's store. The price: one str
 uploads) and no resume inside a load (layers of earlier completed pushes are still skipped)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shlex
@@ -68,8 +69,9 @@ def _pad(size: int) -> bytes:
 
 
 async def load_image(conn: Connection, server: Server, source: ImageSource, plan: Plan, repo_tag: str,
-                     ui: UI, result: "HostResult") -> None:
-    """Stream a docker-save tar (manifest.json, config, missing layers) into `docker load` on the server."""
+                     ui: UI, result: "HostResult", delta: bool | None = None) -> None:
+    """Stream a docker-save tar (manifest.json, config, missing layers) into `docker load` on the server.
+    `delta`: rebuild missing layers on the server from its current image's (None: where worth it)."""
     manifests = plan.images
     if len(manifests) != 1:
         raise PusshError(f"{conn.label}: a classic-store Docker holds one platform per tag: choose one with --platform")
@@ -78,8 +80,10 @@ async def load_image(conn: Connection, server: Server, source: ImageSource, plan
     diff_ids = list(json.loads(config_body).get("rootfs", {}).get("diff_ids") or [])
     if len(diff_ids) != len(manifest.layers):
         raise PusshError(f"{conn.label}: the image config lists {len(diff_ids)} layers, the manifest {len(manifest.layers)}")
-    current = await conn.run([*server.docker, "image", "inspect", "--format", "{{.Id}}", repo_tag])
-    if current.ok and current.stdout.strip() == manifest.config.digest:
+    current = await conn.run([*server.docker, "image", "inspect", "--format", "{{.Id}} {{json .RootFS.Layers}}",
+                              repo_tag])
+    current_id, _, current_layers = current.stdout.strip().partition(" ")
+    if current.ok and current_id == manifest.config.digest:
         result.blobs_skipped += len(manifest.layers) + 1  # already there under this name: nothing to do
         result.bytes_skipped += sum(l.size for l in manifest.layers) + manifest.config.size
         return
@@ -96,11 +100,76 @@ async def load_image(conn: Connection, server: Server, source: ImageSource, plan
     skipped = [m for (_, l), m in zip(layers, manifest.layers) if l is None]
     result.blobs_skipped += len(skipped)
     result.bytes_skipped += sum(l.size for l in skipped)
+    async with contextlib.AsyncExitStack() as stack:
+        rebuilt: dict[int, int] = {}  # position -> size of the layer the server rebuilt from a delta
+        helper = None
+        if delta is not False and sent:
+            base_layers = _json_list(current_layers) if current.ok else await _repository_layers(conn, server, source)
+            if base_layers:
+                rebuilt, helper = await _delta(stack, conn, server, source, manifest.layers, diff_ids, layers,
+                                               base_layers, delta, ui, result)
+        await _load(conn, server, source, layers, rebuilt, helper, config_name, config_body,
+                    mf, ui, result)
+    result.blobs_sent += len(sent) + 1
+    result.bytes_sent += sum(l.size for i, (_, l) in enumerate(layers) if l is not None and i not in rebuilt)
+    result.bytes_sent += len(config_body)
+    result.sent += [manifest.config.digest] + [l.digest for l in sent]
+
+
+async def _repository_layers(conn: Connection, server: Server, source: ImageSource) -> list[str]:
+    """The diffIDs of the newest image of the push's repository on the server (another tag of it),
+    for a tag that is new there: the delta's base."""
+    repo = source.ref.with_tag("x").familiar.rsplit(":", 1)[0]
+    ids = await conn.run([*server.docker, "image", "ls", "-q", "--no-trunc", repo])
+    newest = ids.stdout.split()[:1]
+    if not ids.ok or not newest:
+        return []
+    res = await conn.run([*server.docker, "image", "inspect", "--format", "{{json .RootFS.Layers}}", newest[0]])
+    return _json_list(res.stdout.strip()) if res.ok else []
+
+
+def _json_list(text: str) -> list[str]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+async def _delta(stack: contextlib.AsyncExitStack, conn: Connection, server: Server, source: ImageSource,
+                 descs: list[Desc], diff_ids: list[str], layers: list[tuple[str, Desc | None]],
+                 server_diff_ids: list[str], forced: bool | None, ui: UI, result: "HostResult"):
+    """The missing layers the server rebuilds from its current image's (pussh.delta.classic)."""
+    from .delta import classic as delta_classic  # only where a delta is tried
+    from .delta.client import DeltaFailed
+    missing = [i for i, (_, l) in enumerate(layers) if l is not None]
+    tries = delta_classic.worth_trying(descs, diff_ids, missing, server_diff_ids, forced)
+    if not tries:
+        return {}, None
+    try:
+        helper = await stack.enter_async_context(delta_classic.session(conn, server))
+    except DeltaFailed as err:
+        ui.line(f"{conn.label}: no delta ({err}); sending the layers whole")
+        return {}, None
+    rebuilt = await delta_classic.rebuild(helper, conn, source, descs, diff_ids, tries, chain_ids(server_diff_ids),
+                                          server.docker_root, forced, ui, result)
+    return rebuilt, helper
+
+
+async def _load(conn: Connection, server: Server, source: ImageSource, layers: list[tuple[str, Desc | None]],
+                rebuilt: dict[int, int], helper, config_name: str, config_body: bytes, mf: bytes, ui: UI,
+                result: "HostResult") -> None:
+    """The docker-save stream into docker load: through the delta helper when it rebuilt layers
+    (their headers only, the helper puts the rebuilt tar after each), else straight."""
+    sent = [l for i, (_, l) in enumerate(layers) if l is not None and i not in rebuilt]
 
     async def tar_stream() -> AsyncIterator[tuple[bytes, Desc | None]]:
         yield _header(config_name, len(config_body)) + config_body + _pad(len(config_body)), None
-        for name, layer in layers:
+        for i, (name, layer) in enumerate(layers):
             if layer is None:
+                continue
+            if i in rebuilt:  # the helper puts the layer there
+                yield _header(name, rebuilt[i]), None
                 continue
             yield _header(name, layer.size), None
             async for chunk in source.opener(layer.digest)(0):
@@ -111,8 +180,12 @@ async def load_image(conn: Connection, server: Server, source: ImageSource, plan
 
     await check_space(conn, server, sum(l.size for l in sent))
     bar = ui.bar(f"{conn.label} docker load", sum(l.size for l in sent))
-    proc = await conn.conn.create_process(shlex.join([*server.docker, "load", "-q"]), encoding=None,
-                                          stderr=asyncssh.STDOUT)
+    if rebuilt:
+        files = {layers[i][0]: layers[i][0].split("/", 1)[0] for i in rebuilt}  # (the helper names them by diffID)
+        proc = await helper.start_load(server.docker, files)
+    else:
+        proc = await conn.conn.create_process(shlex.join([*server.docker, "load", "-q"]), encoding=None,
+                                              stderr=asyncssh.STDOUT)
     try:
         try:
             async for chunk, layer in tar_stream():
@@ -133,6 +206,3 @@ async def load_image(conn: Connection, server: Server, source: ImageSource, plan
             raise PusshError(f"{conn.label}: the server's disk is full (docker load: {last})")
         raise await explain_failure(conn, server, PusshError(f"{conn.label}: docker load on the server failed: {last}"))
     bar.finish("loaded")
-    result.blobs_sent += len(sent) + 1
-    result.bytes_sent += sum(l.size for l in sent) + len(config_body)
-    result.sent += [manifest.config.digest] + [l.digest for l in sent]

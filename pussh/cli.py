@@ -94,6 +94,10 @@ _COMMON_OPTIONS = [
                  help="Snapshotter to unpack into outside Docker's namespace (default overlayfs)."),
     click.option("--timeout", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
                  help="Seconds to wait for a connection or the registry to start."),
+    click.option("--delta/--no-delta", "delta", default=None,
+                 help="Send a changed layer as its difference from the layer the server's current image has "
+                      "(default: where the result is the same image and it saves time; --delta also where the "
+                      "server then stores a layer blob of its own)."),
     click.option("-v", "--verbose", is_flag=True, help="Say more about each step."),
 ]
 
@@ -306,7 +310,7 @@ class _Item:
 def _push_images(items: list[_Item], hosts: list[str], *, ssh_keys, ssh_configs, platforms, no_host_key_check, jobs,
                  dry_run, quiet, as_json, registry_image, remote_docker, remote_containerd_socket, containerd_socket,
                  containerd_namespace, docker_host, via, transport, namespace, snapshotter, timeout, verbose,
-                 pull: R.Reference | None = None) -> int:
+                 delta=None, pull: R.Reference | None = None) -> int:
     from oci import reference as R
     from oci.manifest import parse_platform
 
@@ -320,6 +324,8 @@ def _push_images(items: list[_Item], hosts: list[str], *, ssh_keys, ssh_configs,
             refs.append(R.parse(item.image))
         except R.InvalidReference as err:
             raise UsageError(f"{item.context}: {err}" if item.context else str(err)) from None
+    if pull is not None and delta is not None:
+        raise UsageError("pussh pull sends whole layers: --delta and --no-delta are for pushes")
     if pull is not None and transport == "stdio":
         raise UsageError("pussh pull takes sshd's forwarding only: --transport stdio is for pushes")
     targets = [parse_target(h) for h in hosts]
@@ -333,7 +339,7 @@ def _push_images(items: list[_Item], hosts: list[str], *, ssh_keys, ssh_configs,
     opts = PushOptions(
         registry_image=registry_image, platforms=plats, jobs=jobs, remote_docker=remote_docker,
         remote_containerd_socket=remote_containerd_socket, timeout=timeout, via=via, transport=transport,
-        namespace=namespace, snapshotter=snapshotter, dry_run=dry_run,
+        namespace=namespace, snapshotter=snapshotter, dry_run=dry_run, delta=delta,
         ssh=SSHOptions(key_files=tuple(ssh_keys), config_files=tuple(ssh_configs),
                        host_key_check=not no_host_key_check, connect_timeout=timeout),
     )

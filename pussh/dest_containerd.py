@@ -19,6 +19,7 @@ import ctrd
 import ctrd.snapshots
 from grpclib.client import Channel
 from ctrd import imagestore, unpack
+from ctrd.client import CONTENT_PLUGIN
 from oci import digest as D
 from oci import manifest as M
 from oci import reference as R
@@ -202,6 +203,52 @@ class ContainerdDestination:
         if not written and resumed < 0:  # another writer committed it while this one waited for the ref
             return None
         return max(resumed, 0)
+
+    # -- for the sub-layer delta (pussh.delta.containerd) --
+
+    async def read_blob(self, digest: str) -> bytes:
+        """A small blob of the server's (a manifest or an index)."""
+        with self._mapped(f"reading {digest[:19]}"):
+            return await self.ctr.content.read_all(digest)
+
+    async def repository_image(self) -> str | None:
+        """The target of the newest record of this push's repository on the server (another tag of
+        it: the base a delta takes when the tag itself is new there), or None."""
+        with self._mapped("listing its images"):
+            images = await self.ctr.images.list()
+        ours = [i for i in images if i.name.startswith((f"{self.ref.repository}:", f"{self.ref.repository}@"))]
+        ours.sort(key=lambda i: (i.updated_at or i.created_at).timestamp() if (i.updated_at or i.created_at) else 0,
+                  reverse=True)
+        return ours[0].target.digest if ours else None
+
+    async def content_dir(self) -> str | None:
+        """The content store's directory on the server (where a helper finds the blob files)."""
+        with self._mapped("answering"):
+            plugins = await self.ctr.plugins(f"type=={CONTENT_PLUGIN}")
+        return next((p.exports["root"] for p in plugins if p.exports.get("root")), None)
+
+    async def adopt(self, digest: str, size: int, diff_id: str) -> None:
+        """Register a blob that a helper on the server put into the content store's directory:
+        a writer for a digest the store already holds commits without data, which records it in
+        this namespace, under the push's lease, with its labels. DeltaFailed if it is not there."""
+        from .delta.client import DeltaFailed
+
+        async def nothing(offset: int) -> AsyncIterator[bytes]:
+            return
+            yield b""  # (an empty async generator)
+        await self.ctr.leases.add_resource(self.lease, digest)
+        self._diff_ids[digest] = diff_id
+        labels = imagestore.missing_labels({}, self.ref.domain, self.ref.path, diff_id)
+        self._wrote = True
+        try:
+            with self._mapped(f"adopting {digest[:19]}"):
+                await self.ctr.content.write_blob(f"pussh-{D.hex_of(digest)}", nothing, expected=digest,
+                                                  total=size, labels=labels, lease=self.lease)
+        except PusshError as err:
+            raise DeltaFailed(f"the server's containerd did not take the rebuilt blob: {err}") from err
+        info = await self.ctr.content.exists(digest)
+        if info is None or info.size != size:
+            raise DeltaFailed(f"the server's containerd did not take the rebuilt blob {digest[:19]}")
 
     async def put_manifest(self, desc: M.Desc, body: bytes) -> None:
         labels = imagestore.manifest_labels(M.parse(body, desc.media_type), self.ref.domain, self.ref.path)

@@ -26,6 +26,7 @@ class PushOptions:
     snapshotter: str | None = None  # for unpacking outside Docker's namespace; None: overlayfs
     dry_run: bool = False  # connect and work out what is missing; send and change nothing
     transport: str = "auto"  # forward (sshd's channels), stdio (a relay command's), auto: forward where sshd allows
+    delta: bool | None = None  # --delta / --no-delta; None: a layer's delta where it is exact and worth it
 
 
 @dataclass
@@ -50,6 +51,7 @@ class HostResult:
     exit_code: int = 0
     retries: int = 0  # attempts after a fault that passed (or did not, when ok is false)
     dry_run: bool = False  # blobs_sent, bytes_sent and sent are then what a push would send
+    delta: list[dict] = field(default_factory=list)  # each layer a delta was tried for (pussh.delta.client.LayerDelta)
 
     def summary(self) -> str:
         if not self.ok:
@@ -63,7 +65,20 @@ class HostResult:
                 f"{self.blobs_sent} blobs sent ({human_bytes(self.bytes_sent)}), "
                 f"{self.blobs_skipped} skipped ({human_bytes(self.bytes_skipped)}), "
                 + (f"{len(self.unpacked)} layers unpacked, " if self.unpacked else "")
+                + _delta_summary(self.delta, self.digest)
                 + f"{self.seconds:.1f}s, {human_bytes(rate)}/s")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+
+def _delta_summary(tried: list[dict], digest: str | None) -> str:
+    rebuilt = [d for d in tried if d["rebuilt"]]
+    if not tried:
+        return ""
+    inexact = [d for d in rebuilt if not d["exact"]]
+    return (f"{len(rebuilt)} of {len(tried)} layers rebuilt from a delta "
+            f"({human_bytes(sum(d['bytes_sent'] for d in rebuilt))} for {human_bytes(sum(d['size'] for d in rebuilt))}"
+            + (f"; {len(inexact)} stored as the server's own blob, so the server's image is {digest}"
+               if inexact else "")
+            + "), ")

@@ -21,8 +21,8 @@ from .classic import load_image
 from .copy import account_dry_run, copy_image
 from .dest_containerd import ContainerdDestination
 from .errors import ConnectionLost, LocalReadError, PusshError, Transient, UsageError
-from .plan import Plan, make_plan
 from .options import HostResult, PushOptions
+from .plan import Plan, make_plan
 from .progress import UI
 from .source import ImageSource
 from .sshlib import asyncssh
@@ -182,7 +182,7 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             await _dry_run(conn, server, via, dest, source, plan, opts, result, ui, label)
             return
         if via == "load":
-            await load_image(conn, server, source, plan, source.ref.familiar, ui, result)
+            await load_image(conn, server, source, plan, source.ref.familiar, ui, result, delta=opts.delta)
             return
         if dest is None:
             from .dest_registry import RegistryDestination  # aiohttp: imported only on this path
@@ -194,6 +194,10 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             dest = await stack.enter_async_context(
                 RegistryDestination.open(conn, container.port, token, source.ref, opts.jobs, opts.timeout, port_relay))
         elif isinstance(dest, ContainerdDestination):
+            if opts.delta:  # opt-in: the server then stores layer blobs of its own (pussh.delta.containerd)
+                from .delta.containerd import rewrite
+                plan = await rewrite(conn, server, dest, source, plan, current, opts.delta, ui, result)
+                result.digest = plan.root.digest
             await dest.prepare(plan, source)
         free = asyncio.ensure_future(remote.free_bytes(conn, server))  # asked alongside the diff
         stack.callback(free.cancel)

@@ -150,6 +150,41 @@ def build_test_image_pair(host: DockerHost, name: str, sizes_mb: Sequence[float]
     return name, v2
 
 
+def build_files_images(host: DockerHost, names: dict[str, int], total_mb: float, files: int, *,
+                       seed: str, changed: float = 0.01, network: str = "none") -> list[str]:
+    """Variants (name -> 0, 1, 2...) of a FROM-scratch image whose big layer holds `files` files of
+    random data, total_mb in all (a dependency layer of many files). Variant v is variant v-1 with
+    about `changed` of its files rewritten or added (half each), the rest byte-identical: the case
+    a sub-layer delta is for. The busybox layer is the same in all. The image's command prints the
+    md5sum of every file of the big layer."""
+    size = int(total_mb * MiB / files)
+    step = max(1, round(files * changed / 2))  # files rewritten (and as many added) per variant
+    with _tmp_context() as ctx:
+        base = ctx / "base/bin"
+        base.mkdir(parents=True)
+        shutil.copyfile(_busybox(), base / "busybox")
+        for a in (*BUSYBOX_APPLETS, "find", "sort", "xargs"):
+            (base / a).symlink_to("busybox")
+        for v in sorted(set(names.values())):
+            d = ctx / f"v{v}/deps"
+            for i in range(files):
+                sub = d / f"pkg{i // 100:03d}"
+                sub.mkdir(parents=True, exist_ok=True)
+                last = (i * 7919) % files // step + 1  # the variant that rewrites file i (a spread-out order)
+                _write_random(sub / f"f{i:05d}.bin", size, f"{seed}/{i}" + (f"/v{last}" if last <= v else ""))
+            if v:
+                (d / "added").mkdir()
+            for i in range(step * v):
+                _write_random(d / "added" / f"a{i:05d}.bin", size, f"{seed}/added/{i}")
+        (ctx / "Dockerfile").write_text("FROM scratch\nCOPY base/ /\nARG V\nCOPY v${V}/ /\n"
+                                        'CMD ["/bin/sh", "-c", "cd /deps && find . -type f | sort | xargs md5sum"]\n')
+        _fix_tree(ctx)
+        for name, v in names.items():
+            host.docker("build", "-q", "--network", network, "--build-arg", f"V={v}", "-t", name, str(ctx),
+                        timeout=1800)
+    return list(names)
+
+
 # -- Python base image -------------------------------------------------------------------------------------
 PY_PACKAGES = ("python3", "python3-venv", "python3-pip")
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"

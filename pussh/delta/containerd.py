@@ -1,0 +1,147 @@
+"""Delta into a server's containerd (the direct path), opt-in with --delta: a manifest names the
+*compressed* layer, and the local blob's compression cannot in general be redone byte for byte on
+the server. So the helper rebuilds the uncompressed tar (checked against the diffID), gzips it
+itself straight into the content store's blob directory, and the push writes a manifest (and
+index) naming that blob: the config, the diffIDs and so the filesystem are the local image's, the
+manifest digest is not. Where the helper's gzip happens to give the local blob's very bytes
+(a layer pussh's classic-store reader gzipped with the same zlib), the push stays exact."""
+from __future__ import annotations
+
+import copy
+import json
+import posixpath
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from oci import digest as D
+from oci import manifest as M
+from oci import mediatypes as MT
+
+from ..dest_containerd import ContainerdDestination
+from ..plan import ATTESTATION_REF, Plan
+from ..progress import UI, human_bytes
+from ..remote import Server
+from ..source import ImageSource
+from ..ssh import Connection
+from . import when
+from .client import DeltaFailed, LayerDelta, Session
+
+if TYPE_CHECKING:
+    from ..options import HostResult
+
+
+async def server_layers(dest: ContainerdDestination, current: str, platform: M.Platform) -> list[M.Desc]:
+    """The layers of the server's current image for `platform` (the tag's target, an index or a manifest)."""
+    body = await dest.read_blob(current)
+    parsed = M.parse(body)
+    if parsed.is_index:
+        entries = [m for m in parsed.manifests if m.platform is not None and platform.matches(m.platform)]
+        if not entries:
+            return []
+        parsed = M.parse(await dest.read_blob(entries[0].digest), entries[0].media_type)
+    return list(parsed.layers)
+
+
+async def rewrite(conn: Connection, server: Server, dest: ContainerdDestination, source: ImageSource, plan: Plan,
+                  current: str | None, forced: bool | None, ui: UI, result: "HostResult") -> Plan:
+    """The plan with every layer the helper rebuilt replaced by the blob it stored (and the
+    manifests above it rewritten); the plan as it was where nothing was rebuilt."""
+    if not plan.images or not plan.platforms:
+        return plan
+    try:
+        current = current or await dest.repository_image()
+        base_layers = await server_layers(dest, current, plan.platforms[0]) if current else []
+        root = await dest.content_dir()
+    except (M.InvalidManifest, DeltaFailed) as err:
+        ui.debug(f"{conn.label}: no delta: {err}")
+        return plan
+    if not base_layers or root is None:
+        return plan
+    missing = {b.digest for b in await dest.missing(plan.blobs)}
+    swaps: dict[str, M.Desc] = {}
+    t0 = time.monotonic()
+    session: Session | None = None
+    try:
+        for image in plan.images:
+            diff_ids = json.loads(await source.read_small(image.config.digest)).get("rootfs", {}).get("diff_ids") \
+                if image.config else None
+            if not diff_ids or len(diff_ids) != len(image.layers):
+                continue
+            for i, layer in sorted(enumerate(image.layers), key=lambda p: -p[1].size):
+                if layer.digest not in missing or layer.digest in swaps:
+                    continue
+                rate = when.link_rate(result.bytes_sent, time.monotonic() - t0)
+                if not when.worth_it(layer.size, rate, forced):
+                    continue
+                base = base_layers[min(i, len(base_layers) - 1)]
+                record = LayerDelta(digest=layer.digest, diff_id=diff_ids[i], base=base.digest)
+                result.delta.append(record.to_json())
+                try:
+                    if session is None:
+                        session = await Session.open(conn, server.sudo, server.python, posixpath.dirname(root))
+                    await session.layer({"blob": f"{root}/blobs/sha256/{D.hex_of(base.digest)}"},
+                                        source.opener(layer.digest), layer, diff_ids[i], D.hex_of(diff_ids[i]),
+                                        record, gzip=True)
+                    digest, size = await session.store(D.hex_of(diff_ids[i]), f"{root}/blobs/sha256")
+                    await dest.adopt(digest, size, diff_ids[i])
+                except DeltaFailed as err:
+                    record.error = str(err)
+                    ui.line(f"{conn.label}: delta of {layer.digest[:19]} failed ({err}); sending it whole")
+                else:
+                    record.rebuilt = True
+                    record.exact = digest == layer.digest
+                    if not record.exact:
+                        record.stored_digest = digest
+                        swaps[layer.digest] = M.Desc(_gzip_type(layer.media_type), digest, size)
+                    ui.debug(f"{conn.label}: {layer.digest[:19]} rebuilt on the server as {digest[:19]} from "
+                             f"{human_bytes(record.bytes_sent)} ({human_bytes(record.shared)} from its base)")
+                result.bytes_sent += record.bytes_sent
+                result.delta[-1] = record.to_json()
+    finally:
+        if session is not None:
+            await session.close()
+    return swap_layers(plan, swaps) if swaps else plan
+
+
+def _gzip_type(media_type: str) -> str:
+    return MT.DOCKER_LAYER_GZIP if media_type.startswith("application/vnd.docker.") else MT.OCI_LAYER_GZIP
+
+
+def swap_layers(plan: Plan, swaps: dict[str, M.Desc]) -> Plan:
+    """The plan with layer blobs replaced (old digest -> new descriptor): each manifest naming one
+    is rewritten, and each index naming a rewritten manifest, bottom-up, the root last."""
+    renamed: dict[str, M.Desc] = {}
+    manifests: list[tuple[M.Desc, bytes]] = []
+    chosen = [img.raw for img in plan.images]
+    images: list[M.Parsed] = []
+    for desc, body in plan.manifests:
+        parsed = M.parse(body, desc.media_type)
+        raw = copy.deepcopy(parsed.raw)
+        changed = False
+        if parsed.is_index:
+            for entry in raw.get("manifests", []):
+                new = renamed.get(entry.get("digest"))
+                if new is not None:
+                    entry["digest"], entry["size"] = new.digest, new.size
+                    changed = True
+                ref = (entry.get("annotations") or {}).get(ATTESTATION_REF)
+                if ref in renamed:
+                    entry["annotations"][ATTESTATION_REF] = renamed[ref].digest
+                    changed = True
+        else:
+            for layer in raw.get("layers", []):
+                new = swaps.get(layer.get("digest"))
+                if new is not None:
+                    layer.update(mediaType=new.media_type, digest=new.digest, size=new.size)
+                    changed = True
+        if changed:
+            new_body = json.dumps(raw, separators=(",", ":")).encode()
+            new_desc = replace(desc, digest=D.of(new_body), size=len(new_body))
+            renamed[desc.digest] = new_desc
+            desc, body = new_desc, new_body
+        manifests.append((desc, body))
+        if parsed.raw in chosen:
+            images.append(M.parse(body, desc.media_type))
+    blobs = [swaps.get(b.digest, b) for b in plan.blobs]
+    return Plan(manifests[-1][0], manifests, blobs, list(plan.platforms), images)
