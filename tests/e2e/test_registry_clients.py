@@ -348,7 +348,7 @@ def test_killed_client_leaves_an_upload_that_expires(server, tmp_path):
             time.sleep(0.2)
         # the upload is gone (its ingest expired), and the registry is none the worse for it
         assert _upload_status(reg, loc)[::2] == (404, "BLOB_UPLOAD_UNKNOWN")
-        assert subprocess.run(["curl", "-sf", reg.address + "/v2/"], capture_output=True).returncode == 0
+        assert _upload_status(reg, "/v2/")[0] == 200  # (stdlib: a fresh Debian has no curl)
     finally:
         assert reg.stop() == 0
     assert "Traceback" not in reg.stderr(), reg.stderr()[-5000:]
