@@ -27,7 +27,7 @@ SCENARIO_ORDER = ["S1", "S2", "S3", "S4", "S5", "S6.1", "S6.2", "S6.3", "S7.1", 
                   "K1", "K2",
                   *REAL_SCENARIOS]
 MAIN = ["S1", "S2", "S3", "S4", "S5", "S8", "K2", *REAL_SCENARIOS]
-SHAPE_ORDER = ["unshaped", "shaped"]
+SHAPE_ORDER = ["unshaped", "shaped"]  # and "shaped@RATE" for a merged run shaped at another rate (load)
 MB = 1e6
 
 
@@ -72,8 +72,12 @@ def rate_bps(rate: str | None) -> float | None:
     return v * 8 if m.group(3) == "bps" else v
 
 
+def shape_order(data: dict) -> list[str]:
+    return SHAPE_ORDER + sorted({s["shape"] for s in data["samples"]} - set(SHAPE_ORDER))
+
+
 def shape_label(data: dict, shape: str) -> str:
-    c = data["meta"].get("config", {})
+    c = data["meta"].get("shape_configs", {}).get(shape) or data["meta"].get("config", {})
     if shape == "unshaped":
         return "unshaped"
     d = c.get("delay_one_way") or "0ms"
@@ -121,9 +125,9 @@ TARGETS = [
     {"id": "T8", "kind": "bytes", "scenario": "S3", "k": 0.05},
     {"id": "T9", "kind": "fanout", "k": 1.3},
     # sub-layer delta (S9: run at 50mbit/20 ms RTT and at 200mbit); to a containerd store it is opt-in
-    {"id": "S9", "kind": "ratio", "scenario": "S9.1", "shape": "shaped", "other": "registry", "k": 10,
+    {"id": "S9", "kind": "ratio", "scenario": "S9.1", "shape": "shaped@50mbit", "other": "registry", "k": 10,
      "me": "pussh-delta"},
-    {"id": "S9", "kind": "ratio", "scenario": "S9.2", "shape": "shaped", "other": "registry", "k": 10},
+    {"id": "S9", "kind": "ratio", "scenario": "S9.2", "shape": "shaped@50mbit", "other": "registry", "k": 10},
     {"id": "S9", "kind": "delta", "scenario": "S9.1", "me": "pussh-delta", "k": 3},
     {"id": "S9", "kind": "delta", "scenario": "S9.2", "me": "pussh", "k": 3},
 ]
@@ -134,7 +138,7 @@ def evaluate(data: dict) -> list[dict]:
     """Each target of TARGETS with its measured value (ratios of medians from the same run)."""
     c = cells(data)
     cfg = data["meta"].get("config", {})
-    shapes = [s for s in SHAPE_ORDER if any(k[1] == s for k in c)]
+    shapes = [s for s in shape_order(data) if any(k[1] == s for k in c)]
     out: list[dict] = []
 
     def t(tg, text, scenario, shape, measured, goal, ok, margin=""):
@@ -295,7 +299,7 @@ def results_tables(data: dict) -> list[str]:
     c = cells(data)
     L: list[str] = []
     scen = data["meta"].get("scenarios", {})
-    for sh in SHAPE_ORDER:
+    for sh in shape_order(data):
         rows = [(sc, me) for sc in SCENARIO_ORDER for me in METHOD_ORDER if (sc, sh, me) in c]
         if not rows:
             continue
@@ -335,7 +339,7 @@ def node_table(data: dict) -> list[str]:
     """The Kubernetes-like node: time and bytes, and the time until the image is runnable."""
     c = cells(data)
     rows = []
-    for sh in SHAPE_ORDER:
+    for sh in shape_order(data):
         for sc in ("K1", "K2"):
             for me in METHOD_ORDER:
                 ok = [s for s in c.get((sc, sh, me), []) if s["ok"] and s.get("runnable")]
@@ -562,7 +566,8 @@ def profile_section(data: dict) -> list[str]:
               f"({min(v):.2f}-{max(v):.2f}, {len(v)} runs).", ""]
     c = cells(data)
     rows = []
-    for (sc, sh, me), ss in sorted(c.items(), key=lambda kv: (SHAPE_ORDER.index(kv[0][1]) if kv[0][1] in SHAPE_ORDER else 9,
+    order = shape_order(data)
+    for (sc, sh, me), ss in sorted(c.items(), key=lambda kv: (order.index(kv[0][1]),
                                                                SCENARIO_ORDER.index(kv[0][0]) if kv[0][0] in SCENARIO_ORDER else 99)):
         if me != "pussh":
             continue
@@ -789,7 +794,7 @@ def write_chart(data: dict, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     c = cells(data)
-    shapes = [sh for sh in SHAPE_ORDER if any(k[1] == sh for k in c)] or ["unshaped"]
+    shapes = [sh for sh in shape_order(data) if any(k[1] == sh for k in c)] or ["unshaped"]
     colors = {"save-load": "#9a9a9a", "registry": "#4c72b0", "ctr-import": "#55a868", "pussh-registry": "#8172b3",
               "pussh-stdio": "#ccb974", "ssh-stream": "#d0d0d0", "pussh-delta": "#c44e52",
               "pussh": "#dd8452"}
@@ -846,10 +851,23 @@ def load(paths: list[Path]) -> dict:
             meta["scenarios"] = {**dm.get("scenarios", {}), **meta.get("scenarios", {})}
             if dm.get("versions", {}).get("pussh_commit"):
                 meta["versions"] = dm["versions"]
+    # A file shaped at another rate than the first (S9 at 50 Mbit/s) keeps its shaped cells apart.
+    main = max(datas, key=lambda d: len(d["samples"]))["meta"].get("config", {})  # the main run's
+    rate0 = main.get("rate")
+    meta["config"] = main  # the floor, shape labels and runs per cell are the main run's
+    meta["shape_configs"] = {"shaped": main}
+
+    def shape_of(d: dict, shape: str) -> str:
+        cfg = d["meta"].get("config", {})
+        if shape != "shaped" or cfg.get("rate") == rate0:
+            return shape
+        meta["shape_configs"][f"shaped@{cfg.get('rate')}"] = cfg
+        return f"shaped@{cfg.get('rate')}"
     samples, profiles, startup = [], [], None
     for i, d in enumerate(datas):
-        samples += [{**s, "source": i} for s in d["samples"]]
-        profiles += [{**p, "file": Path(paths[i]).name} for p in d.get("profiles", [])]
+        samples += [{**s, "source": i, "shape": shape_of(d, s["shape"])} for s in d["samples"]]
+        profiles += [{**p, "file": Path(paths[i]).name, "shape": shape_of(d, p.get("shape", ""))}
+                     for p in d.get("profiles", [])]
         startup = d.get("startup") or startup
     return {"meta": meta, "samples": samples, "profiles": profiles, "startup": startup}
 
