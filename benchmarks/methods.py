@@ -88,6 +88,18 @@ class Method:
     def push(self, local, image: str, remotes: Sequence) -> Outcome:
         raise NotImplementedError
 
+    def piped(self, local, remotes: Sequence, producer: str, remote_cmd: str) -> Outcome:
+        """`PRODUCER | ssh HOST REMOTE_CMD` to one server, timed as one client command."""
+        if len(remotes) != 1:
+            raise ValueError(f"{self.name}: one server at a time")
+        script = (f"{producer} | ssh -F {shlex.quote(self.bed.ssh_config)} "
+                  f"{shlex.quote(self.bed.alias(remotes[0]))} {shlex.quote(remote_cmd)}")
+        r = run_client(["bash", "-o", "pipefail", "-c", script], self.bed.local_env(local), self.workdir, self.name)
+        out = Outcome(r.seconds, True)
+        out.add(r)
+        out.commands = [script]
+        return out
+
     def stop(self) -> None:
         pass
 
@@ -279,16 +291,7 @@ class CtrImport(Method):
         return ["docker save IMAGE | ssh -F CONFIG HOST 'ctr -n k8s.io images import -'  # imports and unpacks"]
 
     def push(self, local, image: str, remotes: Sequence) -> Outcome:
-        if len(remotes) != 1:
-            raise ValueError("ctr-import: one server at a time")
-        imp = shlex.quote(f"ctr -n {CRI_NAMESPACE} images import -")
-        script = (f"docker save {shlex.quote(image)} | ssh -F {shlex.quote(self.bed.ssh_config)} "
-                  f"{shlex.quote(self.bed.alias(remotes[0]))} {imp}")
-        r = run_client(["bash", "-o", "pipefail", "-c", script], self.bed.local_env(local), self.workdir, "ctr-import")
-        out = Outcome(r.seconds, True)
-        out.add(r)
-        out.commands = [script]
-        return out
+        return self.piped(local, remotes, f"docker save {shlex.quote(image)}", f"ctr -n {CRI_NAMESPACE} images import -")
 
 
 class SshStream(Method):
@@ -303,17 +306,10 @@ class SshStream(Method):
 
     def push(self, local, image: str, remotes: Sequence) -> Outcome:
         blobs = self.bed.image_blobs(local, image)
-        if blobs is None or len(remotes) != 1:
-            raise ValueError("ssh-stream: one server, from a containerd-store client")
+        if blobs is None:
+            raise ValueError("ssh-stream: from a containerd-store client")
         total = blobs["index"] + blobs["manifest"] + blobs["config"] + sum(s for _, s in blobs["layers"])
-        cat = shlex.quote("cat > /dev/null")
-        script = (f"head -c {total} /dev/zero | ssh -F {shlex.quote(self.bed.ssh_config)} "
-                  f"{shlex.quote(self.bed.alias(remotes[0]))} {cat}")
-        r = run_client(["bash", "-o", "pipefail", "-c", script], self.bed.local_env(local), self.workdir, "ssh-stream")
-        out = Outcome(r.seconds, True)
-        out.add(r)
-        out.commands = [script]
-        return out
+        return self.piped(local, remotes, f"head -c {total} /dev/zero", "cat > /dev/null")
 
 
 class Pussh(Method):
