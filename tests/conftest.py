@@ -23,6 +23,11 @@ def _sigterm(signum, frame):  # a CI timeout's SIGTERM: unwind like Ctrl-C so fi
 def pytest_configure(config: pytest.Config) -> None:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a shell without job control (nohup ... &), the suite inherits
+        # SIGINT ignored, and so would every pussh it starts: the Ctrl-C tests would interrupt nothing
+        # (seen in the fresh-root check). A terminal's Ctrl-C is what they stand for: restore it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
