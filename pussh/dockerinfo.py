@@ -11,8 +11,8 @@ import os
 from typing import Any
 from urllib.parse import quote
 
-DEFAULT_HOST = "unix:///var/run/docker.sock"
 SOCKET = "/var/run/docker.sock"
+DEFAULT_HOST = f"unix://{SOCKET}"
 
 
 async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str,
