@@ -27,10 +27,11 @@ from .options import HostResult, PushOptions
 from .push import _shielded
 from .sshlib import asyncssh
 from .target import Target
+from .source import AsStored
 
 
 
-class RemoteSource:
+class RemoteSource(AsStored):
     """An ImageSource on the server's containerd (through the forwarded socket)."""
 
     def __init__(self, ctr: ctrd.Containerd, ref: R.Reference, root: Desc, label: str) -> None:

@@ -158,8 +158,20 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             return opened
         if via == "containerd" and not server.docker:  # the tag's target is asked of containerd itself
             dest = await open_direct()
+        zstd = server.supports_zstd
+        if source.compresses and via == "containerd" and zstd:
+            # pussh compresses these layers itself: as BlockGzip, which the server's delta helper
+            # remakes byte for byte (an exact delta, pussh.delta.containerd); as zstd only to keep
+            # an image of this repository the server has with zstd layers (an older pussh's), whose
+            # unchanged layers then keep their digests. --delta: BlockGzip anyway.
+            from .delta.containerd import has_zstd_layers
+            dest = dest or await open_direct()
+            if current is None and not server.docker and not opts.platforms:
+                current = await dest.current(source.ref.name)
+            zstd = opts.delta is not True and current is not None and await has_zstd_layers(
+                dest, current, (opts.platforms or [server.platform])[0])
         try:
-            root = await source.resolve(zstd=server.supports_zstd)
+            root = await source.resolve(zstd=zstd)
         except PusshError:
             raise
         except Exception as err:
@@ -169,7 +181,7 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
         plan = await make_plan(source, opts.platforms or [server.platform], explicit=bool(opts.platforms), root=root)
         result.platforms = [str(p) for p in plan.platforms]
         result.digest = plan.root.digest
-        if dest is not None and not server.docker and not opts.platforms:
+        if dest is not None and current is None and not server.docker and not opts.platforms:
             current = await dest.current(source.ref.name)
         if via != "load" and current == plan.root.digest:
             result.blobs_skipped = len(plan.blobs)
@@ -194,7 +206,8 @@ async def _push(source: ImageSource, target: Target, opts: PushOptions, ui: UI, 
             dest = await stack.enter_async_context(
                 RegistryDestination.open(conn, container.port, token, source.ref, opts.jobs, opts.timeout, port_relay))
         elif isinstance(dest, ContainerdDestination):
-            if opts.delta:  # opt-in: the server then stores layer blobs of its own (pussh.delta.containerd)
+            if opts.delta or (opts.delta is None and not zstd and source.compresses):
+                # exact where pussh made the local blob; else opt-in: the server stores blobs of its own
                 from .delta.containerd import rewrite
                 plan = await rewrite(conn, server, dest, source, plan, current, opts.delta, ui, result)
                 result.digest = plan.root.digest

@@ -18,8 +18,10 @@ class ImageSource(Protocol):
     ref: R.Reference
     root: Desc | None  # what the local name points at (an index or a manifest); None until resolve() makes it
     description: str  # for messages: where the image is read from
+    compresses: bool  # its layers are compressed by pussh (resolve's zstd chooses how), not read as stored
 
     async def resolve(self, zstd: bool) -> Desc: ...  # the root to push to a server (zstd: it takes zstd layers)
+    def rebuildable(self, layer: Desc) -> bool: ...  # a server's delta helper can make this blob byte for byte
     async def read_small(self, digest: str) -> bytes: ...
     async def has(self, digest: str) -> bool: ...
     def opener(self, digest: str) -> Source: ...
@@ -44,7 +46,16 @@ def containerd_namespace(flag: str | None = None) -> str:
     return flag or os.environ.get("CONTAINERD_NAMESPACE") or ctrd.DEFAULT_NAMESPACE
 
 
-class ContainerdSource:
+class AsStored:
+    """For a source whose layers go as they are stored: pussh compresses none of them, and a server
+    can remake none byte for byte (the compressor that made them is not known)."""
+    compresses = False
+
+    def rebuildable(self, layer: Desc) -> bool:
+        return False
+
+
+class ContainerdSource(AsStored):
     """Reads straight from the local containerd content store (blob files where readable)."""
 
     def __init__(self, client: ctrd.Containerd, ref: R.Reference, root: Desc) -> None:

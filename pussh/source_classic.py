@@ -11,7 +11,6 @@ import os
 import re
 import tarfile
 import tempfile
-import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,12 +22,12 @@ from oci import mediatypes as MT
 from oci import reference as R
 from oci.manifest import Desc
 
+from .delta.helper import BlockGzip
 from .dockerapi import DockerAPI
 from .errors import NoSuchLocalImage, PusshError
 from ctrd.content import Source
 
 ZSTD_LEVEL = 3
-GZIP_LEVEL = 6
 _BLOB_NAME = re.compile(r"^(?:blobs/sha256/)([a-f0-9]{64})$")
 
 
@@ -39,19 +38,38 @@ def cache_dir() -> Path:
 
 
 class _Compressor:
-    """Deterministic output (no timestamps), so two clients make the same blob from one layer."""
+    """Deterministic output (no timestamps), so two clients make the same blob from one layer. gzip
+    is the delta helper's BlockGzip: a containerd-store server can then rebuild such a layer's blob
+    byte for byte from a sub-layer delta (pussh.delta.containerd), and the push stays exact."""
 
     def __init__(self, zstd: bool) -> None:
+        self._parts: list[bytes] = []
         if zstd:
-            self._obj = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+            self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
         else:
-            self._obj = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # gzip wrapper, mtime 0
+            self._gzip = BlockGzip(self._parts.append)
+        self.zstd = zstd
 
     def compress(self, data: bytes) -> bytes:
-        return self._obj.compress(data)
+        if self.zstd:
+            return self._zstd.compress(data)
+        self._gzip.write(data)
+        return self._take()
 
     def flush(self) -> bytes:
-        return self._obj.flush()
+        if self.zstd:
+            return self._zstd.flush()
+        self._gzip.close()
+        return self._take()
+
+    def abort(self) -> None:
+        if not self.zstd:
+            self._gzip.abort()
+
+    def _take(self) -> bytes:
+        out = b"".join(self._parts)
+        self._parts.clear()
+        return out
 
 
 class _ThreadReader:
@@ -83,6 +101,8 @@ class _ThreadReader:
 
 
 class ClassicSource:
+    compresses = True
+
     def __init__(self, docker: DockerAPI, ref: R.Reference, inspect: dict) -> None:
         self.docker = docker
         self.ref = ref
@@ -92,6 +112,7 @@ class ClassicSource:
         self.cache = cache_dir()
         self._small: dict[str, bytes] = {}  # synthesized manifests
         self._roots: dict[bool, Desc] = {}
+        self._block_gzip: set[str] = set()  # layer blobs of BlockGzip's: a server's delta remakes them exactly
         self._lock = asyncio.Lock()
         self.compressed_layers = 0  # layers compressed by this run (0 when all came from the cache)
         self.root: Desc | None = None
@@ -103,13 +124,13 @@ class ClassicSource:
             raise NoSuchLocalImage(ref.familiar)
         return cls(docker, ref, inspect)
 
-    # -- cache layout: blobs/sha256/<hex>, and layers/<zstd|gzip>/<diffID hex> -> descriptor JSON --
+    # -- cache layout: blobs/sha256/<hex>, and layers/<zstd|bgzip>/<diffID hex> -> descriptor JSON --
 
     def _blob_path(self, digest: str) -> Path:
         return self.cache / "blobs" / "sha256" / D.hex_of(digest)
 
     def _map_path(self, diff_id: str, zstd: bool) -> Path:
-        return self.cache / "layers" / ("zstd" if zstd else "gzip") / D.hex_of(diff_id)
+        return self.cache / "layers" / ("zstd" if zstd else "bgzip") / D.hex_of(diff_id)
 
     def _cached_layer(self, diff_id: str, zstd: bool) -> Desc | None:
         try:
@@ -141,6 +162,8 @@ class ClassicSource:
             body = json.dumps(manifest, separators=(",", ":")).encode()
             root = Desc(MT.OCI_MANIFEST, D.of(body), len(body))
             self._small[root.digest] = body
+            if not zstd:
+                self._block_gzip.update(l.digest for l in layers if l is not None)
             self._roots[zstd] = root
             self.root = root
             return root
@@ -207,10 +230,14 @@ class ClassicSource:
             _atomic_write(self._map_path(diff_id, zstd), json.dumps(desc).encode())
             self.compressed_layers += 1
         finally:
+            comp.abort()  # (its threads, after an error)
             if tmp:
                 os.unlink(tmp)
 
     # -- ImageSource ------------------------------------------------------------------------------
+
+    def rebuildable(self, layer: Desc) -> bool:
+        return layer.digest in self._block_gzip
 
     async def read_small(self, digest: str) -> bytes:
         if digest in self._small:

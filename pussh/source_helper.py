@@ -19,6 +19,7 @@ from oci.manifest import Desc
 
 from .dockerapi import DockerAPI, DockerError
 from .errors import NoSuchLocalImage, PusshError
+from .source import AsStored
 from ctrd.content import Source
 
 READY_RE = re.compile(r"pussh-registry listening on http://127\.0\.0\.1:(\d+)")
@@ -30,7 +31,7 @@ class NoHelperImage(PusshError):
     """The registry image is not in the local Docker."""
 
 
-class HelperSource:
+class HelperSource(AsStored):
     def __init__(self, docker: DockerAPI, cid: str, session: aiohttp.ClientSession, base: str, repo: str,
                  ref: R.Reference) -> None:
         self.docker, self.cid, self.session, self.base, self.repo, self.ref = docker, cid, session, base, repo, ref

@@ -22,12 +22,13 @@ from oci.manifest import Desc
 from .dockerapi import DockerAPI
 from .errors import NoSuchLocalImage, PusshError
 from .source_classic import _ThreadReader, cache_dir
+from .source import AsStored
 from ctrd.content import Source
 
 _BLOB = re.compile(r"^blobs/sha256/([a-f0-9]{64})$")
 
 
-class SaveSource:
+class SaveSource(AsStored):
     def __init__(self, docker: DockerAPI, ref: R.Reference, root: Desc, directory: Path) -> None:
         self.docker, self.ref, self.root, self.dir = docker, ref, root, directory
         self.description = "docker save (neither containerd's socket nor the registry image is usable here)"

@@ -130,18 +130,19 @@ class Session:
             raise DeltaFailed(f"the delta helper said {line[:80]!r}") from err
 
     async def layer(self, base: dict, source: Source, layer: Desc, diff_id: str, name: str,
-                    record: LayerDelta, progress: Callable[[int], None] = lambda n: None, gzip: bool = False) -> None:
+                    record: LayerDelta, progress: Callable[[int], None] = lambda n: None,
+                    gzip: bool = False) -> str | None:
         """Rebuild `layer` on the server as the file `name` in the helper's directory, from the base
-        named by `base` (a helper "base" command), gzipped there with `gzip`; counts into `record`.
-        DeltaFailed: send it whole."""
+        named by `base` (a helper "base" command), gzipped there with `gzip` (then: the digest of
+        that blob); counts into `record`. DeltaFailed: send it whole."""
         async with self.lock:
             try:
-                await self._layer(base, source, layer, diff_id, name, record, progress, gzip)
+                return await self._layer(base, source, layer, diff_id, name, record, progress, gzip)
             except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as err:
                 raise DeltaFailed(f"the delta helper went away: {type(err).__name__}: {err}") from err
 
     async def _layer(self, base: dict, source: Source, layer: Desc, diff_id: str, name: str,
-                     record: LayerDelta, progress: Callable[[int], None], gzip: bool) -> None:
+                     record: LayerDelta, progress: Callable[[int], None], gzip: bool) -> str | None:
         record.bytes_sent += await self._send({"op": "base", **base})
         reply = await self._reply()
         if not reply.get("ok"):
@@ -158,6 +159,7 @@ class Session:
         if not reply.get("ok"):
             raise DeltaFailed(str(reply.get("error")))
         record.size = int(reply["size"])
+        return reply.get("digest")
 
     async def _stream_ops(self, source: Source, layer: Desc, index: dict[bytes, int], record: LayerDelta,
                           progress: Callable[[int], None]) -> tuple[int, str | None]:

@@ -1,10 +1,12 @@
-"""Delta into a server's containerd (the direct path), opt-in with --delta: a manifest names the
-*compressed* layer, and the local blob's compression cannot in general be redone byte for byte on
-the server. So the helper rebuilds the uncompressed tar (checked against the diffID), gzips it
-itself straight into the content store's blob directory, and the push writes a manifest (and
-index) naming that blob: the config, the diffIDs and so the filesystem are the local image's, the
-manifest digest is not. Where the helper's gzip happens to give the local blob's very bytes
-(a layer pussh's classic-store reader gzipped with the same zlib), the push stays exact."""
+"""Delta into a server's containerd (the direct path). A manifest names the *compressed* layer,
+and a blob compressed elsewhere cannot in general be redone byte for byte on the server. So the
+helper rebuilds the uncompressed tar (checked against the diffID) and gzips it itself, with
+BlockGzip, straight into the content store's blob directory:
+- a layer pussh compressed itself (a classic-store client's, BlockGzip too) comes out as the very
+  local blob: the push is exact, and the delta is on by default where it is worth it;
+- any other layer (opt-in, --delta) comes out as a blob of the server's own, and the push writes a
+  manifest (and index) naming it: the config, the diffIDs and so the filesystem are the local
+  image's, the manifest digest is not."""
 from __future__ import annotations
 
 import copy
@@ -19,6 +21,7 @@ from oci import manifest as M
 from oci import mediatypes as MT
 
 from ..dest_containerd import ContainerdDestination
+from ..errors import PusshError
 from ..plan import ATTESTATION_REF, Plan
 from ..progress import UI, human_bytes
 from ..remote import Server
@@ -43,6 +46,14 @@ async def server_layers(dest: ContainerdDestination, current: str, platform: M.P
     return list(parsed.layers)
 
 
+async def has_zstd_layers(dest: ContainerdDestination, current: str, platform: M.Platform) -> bool:
+    """Whether the server's image `current` has zstd layers (for `platform`)."""
+    try:
+        return any(l.media_type == MT.OCI_LAYER_ZSTD for l in await server_layers(dest, current, platform))
+    except (M.InvalidManifest, PusshError):
+        return False  # (not readable: nothing to keep)
+
+
 async def rewrite(conn: Connection, server: Server, dest: ContainerdDestination, source: ImageSource, plan: Plan,
                   current: str | None, forced: bool | None, ui: UI, result: "HostResult") -> Plan:
     """The plan with every layer the helper rebuilt replaced by the blob it stored (and the
@@ -59,6 +70,7 @@ async def rewrite(conn: Connection, server: Server, dest: ContainerdDestination,
     if not base_layers or root is None:
         return plan
     missing = {b.digest for b in await dest.missing(plan.blobs)}
+    exact_only = forced is None
     swaps: dict[str, M.Desc] = {}
     t0 = time.monotonic()
     session: Session | None = None
@@ -71,6 +83,8 @@ async def rewrite(conn: Connection, server: Server, dest: ContainerdDestination,
             for i, layer in sorted(enumerate(image.layers), key=lambda p: -p[1].size):
                 if layer.digest not in missing or layer.digest in swaps:
                     continue
+                if exact_only and not source.rebuildable(layer):
+                    continue
                 rate = when.link_rate(result.bytes_sent, time.monotonic() - t0)
                 if not when.worth_it(layer.size, rate, forced):
                     continue
@@ -80,9 +94,12 @@ async def rewrite(conn: Connection, server: Server, dest: ContainerdDestination,
                 try:
                     if session is None:
                         session = await Session.open(conn, server.sudo, server.python, posixpath.dirname(root))
-                    await session.layer({"blob": f"{root}/blobs/sha256/{D.hex_of(base.digest)}"},
-                                        source.opener(layer.digest), layer, diff_ids[i], D.hex_of(diff_ids[i]),
-                                        record, gzip=True)
+                    made = await session.layer({"blob": f"{root}/blobs/sha256/{D.hex_of(base.digest)}"},
+                                               source.opener(layer.digest), layer, diff_ids[i], D.hex_of(diff_ids[i]),
+                                               record, gzip=True)
+                    if exact_only and made != layer.digest:
+                        raise DeltaFailed(f"the server's gzip made {made}, not the local blob (its zlib is "
+                                          "not this machine's): only --delta stores a blob of its own")
                     digest, size = await session.store(D.hex_of(diff_ids[i]), f"{root}/blobs/sha256")
                     await dest.adopt(digest, size, diff_ids[i])
                 except DeltaFailed as err:

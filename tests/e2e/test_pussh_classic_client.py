@@ -1,4 +1,4 @@
-"""A local Docker with the classic image store: layers are exported, compressed once (zstd) into the
+"""A local Docker with the classic image store: layers are exported, compressed once (BlockGzip to a containerd store, zstd to a classic one) into the
 cache by diffID, and a repeated push exports and compresses nothing."""
 from __future__ import annotations
 

@@ -51,8 +51,23 @@ def leftovers(remote) -> list[str]:
     """The helper's temp directories (Docker's tmp, beside containerd's content store) and processes."""
     dirs = remote.run("sh", "-c", "ls -d /var/lib/docker/tmp/pussh-delta-* /var/lib/containerd/pussh-delta-* "
                       "2>/dev/null", check=False).stdout.split()
-    procs = remote.run("sh", "-c", "ps -eo args | grep -F 'pussh-delta' | grep -v grep", check=False).stdout.split("\n")
-    return dirs + [p for p in procs if p.strip()]
+    return dirs + remote.run("python3", "-c", OWN_HELPERS).stdout.splitlines()
+
+
+# The helper processes in the remote's own mount namespace (the bed shares the machine's PID
+# namespace, and another bed's helpers are not this one's leftovers).
+OWN_HELPERS = """
+import os
+me, mark = os.readlink("/proc/self/ns/mnt"), "pussh" + "-delta"
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if int(pid) != os.getpid() and os.readlink(f"/proc/{pid}/ns/mnt") == me:
+            args = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode(errors="replace")
+            if mark in args:
+                print(pid, args[:80].replace("\\n", " "))
+    except OSError:
+        pass
+"""
 
 
 def start_push(local, remote, *args) -> subprocess.Popen:

@@ -148,3 +148,39 @@ def test_a_delta_gives_up_on_a_base_that_shares_little():
     assert not when.too_little_shared(100 << 20, big, 100 << 20, 60 << 20)  # shares enough
     assert not when.too_little_shared(50 << 20, big, 50 << 20, 0)  # new files may come first
     assert not when.too_little_shared(10 << 20, 10 << 20, 10 << 20, 0)  # a small layer goes to its end
+
+
+def block_gzip(data: bytes, threads: int, feed: int) -> bytes:
+    parts: list[bytes] = []
+    g = helper.BlockGzip(parts.append, threads)
+    for i in range(0, len(data), feed):
+        g.write(data[i:i + feed])
+    g.close()
+    return b"".join(parts)
+
+
+def test_block_gzip_is_gzip_and_the_same_however_fed():
+    text = b"".join(b"line %d of a text file that compresses\n" % i for i in range(120_000))
+    data = text[:helper.BLOCK + 5000] + os.urandom(2 * helper.BLOCK) + text[:3 * helper.BLOCK]
+    blobs = {block_gzip(data, threads, feed) for threads, feed in ((1, 777_777), (2, helper.BLOCK), (4, 4 << 20))}
+    assert len(blobs) == 1
+    [blob] = blobs
+    assert zlib.decompress(blob, 31) == data
+    # the random middle is stored, the text deflated: the blob is about the random part's size
+    assert 2 * helper.BLOCK < len(blob) < 2 * helper.BLOCK + len(text[:4 * helper.BLOCK]) // 5
+    for n in (0, 1, helper.BLOCK, helper.BLOCK + 1):  # the edges of the last piece
+        assert zlib.decompress(block_gzip(text[:n], 2, 100_000), 31) == text[:n]
+
+
+def test_the_classic_client_and_the_helper_make_one_gzip_blob(tmp_path):
+    """A classic-store client's gzip layer (source_classic) is what the helper's rebuild stores."""
+    from pussh.source_classic import _Compressor
+    tar = make_tar(FILES)
+    comp = _Compressor(zstd=False)
+    local = b"".join(comp.compress(tar[i:i + 4096]) for i in range(0, len(tar), 4096)) + comp.flush()
+    sink = helper.Sink(str(tmp_path / "rebuilt"), gzip=True)
+    with sink:
+        for i in range(0, len(tar), 300_000):
+            sink.write(tar[i:i + 300_000])
+    assert (tmp_path / "rebuilt").read_bytes() == local
+    assert sink.out_digest.hexdigest() == hashlib.sha256(local).hexdigest()
