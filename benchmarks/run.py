@@ -19,7 +19,8 @@ R1 first push to a server that has the Debian base; R2 the application code chan
 added (the dependency layer rebuilt); R4 first push to an empty server.
 S9.1/S9.2: one 300 MB layer of 3000 files with 1 % of them rewritten or added, to a containerd-store
 and a classic-store server that have the previous tag (sub-layer delta: pussh-delta is `pussh --delta`;
-plain pussh takes the delta by default only to the classic store). Its link shapes are the issue's:
+plain pussh takes the delta by default only where it is exact: to the classic store, and S9.3, from a
+classic-store client, whose layers pussh compresses itself, to a containerd store). Its link shapes are the issue's:
 `--scenarios S9 --shapes shaped --rate 50mbit --delay 10ms`, then `--rate 200mbit`.
 Before each first push (S1, S4, S5, S6.1, S7.1, S8, K1, R1, R4) the servers are reset: every bench
 image removed (and containerd's garbage collection waited for), the distribution registry emptied,
@@ -118,6 +119,7 @@ GROUPS = [
     # S9: the server has :1 (pushed untimed by the same method), :2 differs in ~1 % of the big layer's files
     Group("delta", "containerd", (("a", "containerd"),), "files300", (("_base", 1), ("S9.1", 2))),
     Group("delta-classic", "containerd", (("d", "classic"),), "files300", (("_base", 1), ("S9.2", 2))),
+    Group("delta-exact", "classic", (("a", "containerd"),), "files300", (("_base", 1), ("S9.3", 2))),
 ]
 SCENARIOS = {
     "S1": "first push, 4 layers (~320 MB)", "S2": "the same push again",
@@ -129,6 +131,7 @@ SCENARIOS = {
     "K1": "Kubernetes-like node (no Docker): first push", "K2": "Kubernetes-like node: last layer changed",
     "S9.1": "one 300 MB layer of 3000 files, 1 % changed (containerd-store server)",
     "S9.2": "one 300 MB layer of 3000 files, 1 % changed (classic-store server)",
+    "S9.3": "one 300 MB layer of 3000 files, 1 % changed (classic-store client, containerd-store server)",
     **{f"R{i}.{fam}": f"{fam}: {what}" for fam in ("web", "data") for i, what in (
         (1, "first push, the server has the base"), (2, "application code changed"),
         (3, "one dependency added"), (4, "first push to an empty server"))},

@@ -41,6 +41,21 @@ class Mount:
         return cls(m.type, m.source, m.target, tuple(m.options))
 
 
+def top_dir(mounts: list[Mount]) -> str | None:
+    """The directory of the topmost layer in a view's mounts: a bind mount's source, or an
+    overlay's first lowerdir (upper and work dirs absent: a view is read-only); None for
+    anything else (a block device, a snapshotter without plain directories)."""
+    if len(mounts) != 1:
+        return None
+    m = mounts[0]
+    if m.type == "bind":
+        return m.source
+    if m.type == "overlay":
+        lower = next((o.split("=", 1)[1] for o in m.options if o.startswith("lowerdir=")), "")
+        return lower.split(":", 1)[0] or None
+    return None
+
+
 @dataclass(frozen=True)
 class SnapshotInfo:
     name: str

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
@@ -226,6 +227,21 @@ class ContainerdDestination:
         with self._mapped("answering"):
             plugins = await self.ctr.plugins(f"type=={CONTENT_PLUGIN}")
         return next((p.exports["root"] for p in plugins if p.exports.get("root")), None)
+
+    async def layer_dir(self, chain_id: str) -> str | None:
+        """The directory holding the files of the unpacked layer whose chain ID is `chain_id` (the
+        top of a read-only view's mounts), or None: not unpacked, or no plain directory there."""
+        snapshots = self.ctr.snapshots(self.snapshotter)
+        key = f"pussh-look-{secrets.token_hex(8)}"
+        try:
+            mounts = await snapshots.view(key, chain_id, lease=self.lease)
+        except ctrd.ContainerdError:
+            return None
+        try:
+            return ctrd.snapshots.top_dir(mounts)
+        finally:
+            with contextlib.suppress(ctrd.ContainerdError):
+                await snapshots.remove(key)
 
     async def adopt(self, digest: str, size: int, diff_id: str) -> None:
         """Register a blob that a helper on the server put into the content store's directory:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from oci import digest as D
 from oci import manifest as M
+from ctrd import unpack
 from oci import mediatypes as MT
 
 from ..dest_containerd import ContainerdDestination
@@ -34,16 +35,34 @@ if TYPE_CHECKING:
     from ..options import HostResult
 
 
-async def server_layers(dest: ContainerdDestination, current: str, platform: M.Platform) -> list[M.Desc]:
-    """The layers of the server's current image for `platform` (the tag's target, an index or a manifest)."""
-    body = await dest.read_blob(current)
-    parsed = M.parse(body)
+async def server_image(dest: ContainerdDestination, current: str, platform: M.Platform) -> M.Parsed | None:
+    """The manifest of the server's current image for `platform` (the tag's target, an index or a manifest)."""
+    parsed = M.parse(await dest.read_blob(current))
     if parsed.is_index:
         entries = [m for m in parsed.manifests if m.platform is not None and platform.matches(m.platform)]
         if not entries:
-            return []
+            return None
         parsed = M.parse(await dest.read_blob(entries[0].digest), entries[0].media_type)
-    return list(parsed.layers)
+    return parsed
+
+
+async def server_layers(dest: ContainerdDestination, current: str, platform: M.Platform) -> list[M.Desc]:
+    image = await server_image(dest, current, platform)
+    return list(image.layers) if image is not None else []
+
+
+async def base_dirs(dest: ContainerdDestination, image: M.Parsed) -> list[str | None]:
+    """For each layer of the server's image, its unpacked directory in the snapshotter (None where
+    it is not unpacked): a base read from there needs no inflating, whatever the blob's compression.
+    (Docker unpacks an image of its own when a container of it first runs.)"""
+    try:
+        config = json.loads(await dest.read_blob(image.config.digest)) if image.config else {}
+        diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
+    except (ValueError, PusshError):
+        return [None] * len(image.layers)
+    if len(diff_ids) != len(image.layers):
+        return [None] * len(image.layers)
+    return [await dest.layer_dir(chain) for chain in unpack.chain_ids(diff_ids)]
 
 
 async def has_zstd_layers(dest: ContainerdDestination, current: str, platform: M.Platform) -> bool:
@@ -62,13 +81,15 @@ async def rewrite(conn: Connection, server: Server, dest: ContainerdDestination,
         return plan
     try:
         current = current or await dest.repository_image()
-        base_layers = await server_layers(dest, current, plan.platforms[0]) if current else []
+        base_image = await server_image(dest, current, plan.platforms[0]) if current else None
         root = await dest.content_dir()
     except (M.InvalidManifest, DeltaFailed) as err:
         ui.debug(f"{conn.label}: no delta: {err}")
         return plan
-    if not base_layers or root is None:
+    if base_image is None or not base_image.layers or root is None:
         return plan
+    base_layers = list(base_image.layers)
+    dirs: list[str | None] | None = None  # asked once a layer is worth a delta
     missing = {b.digest for b in await dest.missing(plan.blobs)}
     exact_only = forced is None
     swaps: dict[str, M.Desc] = {}
@@ -88,15 +109,18 @@ async def rewrite(conn: Connection, server: Server, dest: ContainerdDestination,
                 rate = when.link_rate(result.bytes_sent, time.monotonic() - t0)
                 if not when.worth_it(layer.size, rate, forced):
                     continue
-                base = base_layers[min(i, len(base_layers) - 1)]
+                j = min(i, len(base_layers) - 1)
+                base = base_layers[j]
                 record = LayerDelta(digest=layer.digest, diff_id=diff_ids[i], base=base.digest)
+                if dirs is None:
+                    dirs = await base_dirs(dest, base_image)
+                where = {"dir": dirs[j]} if dirs[j] else {"blob": f"{root}/blobs/sha256/{D.hex_of(base.digest)}"}
                 result.delta.append(record.to_json())
                 try:
                     if session is None:
                         session = await Session.open(conn, server.sudo, server.python, posixpath.dirname(root))
-                    made = await session.layer({"blob": f"{root}/blobs/sha256/{D.hex_of(base.digest)}"},
-                                               source.opener(layer.digest), layer, diff_ids[i], D.hex_of(diff_ids[i]),
-                                               record, gzip=True)
+                    made = await session.layer(where, source.opener(layer.digest), layer, diff_ids[i],
+                                               D.hex_of(diff_ids[i]), record, gzip=True)
                     if exact_only and made != layer.digest:
                         raise DeltaFailed(f"the server's gzip made {made}, not the local blob (its zlib is "
                                           "not this machine's): only --delta stores a blob of its own")

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import time
 
 import pytest
 
-from pussh_support import pussh
+from pussh_support import PYTHON, REPO_ROOT, pussh
 from testbed.images import build_files_images
 
 pytestmark = pytest.mark.e2e
@@ -21,7 +24,7 @@ CHANGED = 4 * (TOTAL_MB * MiB // FILES)
 
 @pytest.fixture(scope="module")
 def local(local_host_classic):
-    build_files_images(local_host_classic, {f"xdl:v{v}": v for v in range(2)}, TOTAL_MB, FILES, seed="xdl")
+    build_files_images(local_host_classic, {f"xdl:v{v}": v for v in range(3)}, TOTAL_MB, FILES, seed="xdl")
     return local_host_classic
 
 
@@ -75,3 +78,27 @@ def test_classic_client_delta_into_containerd_is_exact_by_default(local, remote_
     # nothing changed since: nothing crosses but the probe's questions
     sent, again = push(local, remote, "xdl:v1", cache)
     assert again["sent"] == [] and again["delta"] == [] and sent < 256 * 1024, again
+
+    # Once a container of it has run, Docker has the image unpacked: the base is read from the
+    # snapshot's directory, with no inflated copy of the base blob in the helper's directory
+    # (watched while a slow link holds the rebuild open)
+    assert listing(remote, "xdl:app") == listing(local, "xdl:v1")
+    local.docker("tag", "xdl:v2", "xdl:app")
+    seen: set[str] = set()
+    with remote.shaped(rate="2mbit"):
+        proc = subprocess.Popen([PYTHON, "-m", "pussh", "-q", "--json", "-F", remote.ssh_config, "xdl:app",
+                                 remote.alias], cwd=str(REPO_ROOT), text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env={**os.environ, **local.env, "PUSSH_CACHE_DIR": str(cache)})
+        deadline = time.monotonic() + 120
+        while not any(n.endswith(".partial") for n in seen):
+            assert proc.poll() is None, "the push ended before its rebuild was seen: " + "".join(proc.communicate())
+            assert time.monotonic() < deadline, "the delta never started rebuilding"
+            seen |= set(remote.run("sh", "-c", "ls /var/lib/containerd/pussh-delta-*/ 2>/dev/null",
+                                   check=False).stdout.split())
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert not [n for n in seen if n.startswith("base-")], seen
+    [d] = json.loads(out)["delta"]
+    assert d["rebuilt"] and d["exact"], d
+    assert listing(remote, "xdl:app") == listing(local, "xdl:v2")

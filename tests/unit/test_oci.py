@@ -85,3 +85,12 @@ def test_platform_parsing():
     assert M.Platform("linux", "arm", "v7").matches(M.Platform("linux", "arm"))
     with pytest.raises(ValueError):
         M.parse_platform("linux")
+
+
+def test_top_dir_of_a_view():
+    from ctrd.snapshots import Mount, top_dir
+    assert top_dir([Mount("bind", "/s/1/fs", options=("ro", "rbind"))]) == "/s/1/fs"
+    assert top_dir([Mount("overlay", "overlay", options=("index=off", "lowerdir=/s/3/fs:/s/2/fs:/s/1/fs"))]) == "/s/3/fs"
+    assert top_dir([Mount("overlay", "overlay", options=("ro",))]) is None
+    assert top_dir([Mount("ext4", "/dev/sda1")]) is None
+    assert top_dir([]) is None
