@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import signal
 import subprocess
 import time
@@ -47,27 +48,39 @@ def files_listing(host, image) -> str:
     return host.docker("run", "--rm", "--pull", "never", "--network", "none", image).stdout
 
 
+def collect_garbage(remote) -> None:
+    """containerd's garbage collection on the server, done now. A push that moves a tag leaves the
+    old image unreferenced, and containerd's next collection (a fraction of a second later)
+    removes its snapshots, the layers the new image shares included: landing in the middle of the
+    unpack a `docker run` does, it fails the run ("parent snapshot ... does not exist")."""
+    lease = f"pussh-test-gc-{os.getpid()}"
+    remote.ctr("leases", "create", "--id", lease, namespace="moby")
+    remote.ctr("leases", "rm", "--sync", lease, namespace="moby")
+
+
+# The command lines of the processes in the remote's network namespace (its sshd's children: the
+# helper among them) that name the helper's temp prefix. The remote shares this machine's PID
+# namespace, so a plain `ps` there sees every process here (another suite's, too).
+_HELPER_PROCS = """
+import os
+me, needle = os.readlink("/proc/self/ns/net"), b"pussh-" + b"delta"
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if int(pid) != os.getpid() and os.readlink(f"/proc/{pid}/ns/net") == me:
+            args = open(f"/proc/{pid}/cmdline", "rb").read()
+            if needle in args:
+                print(pid, b" ".join(args[:200].replace(b"\\0", b" ").split()).decode(errors="replace"))
+    except OSError:
+        pass
+"""
+
+
 def leftovers(remote) -> list[str]:
     """The helper's temp directories (Docker's tmp, beside containerd's content store) and processes."""
     dirs = remote.run("sh", "-c", "ls -d /var/lib/docker/tmp/pussh-delta-* /var/lib/containerd/pussh-delta-* "
                       "2>/dev/null", check=False).stdout.split()
-    return dirs + remote.run("python3", "-c", OWN_HELPERS).stdout.splitlines()
-
-
-# The helper processes in the remote's own mount namespace (the bed shares the machine's PID
-# namespace, and another bed's helpers are not this one's leftovers).
-OWN_HELPERS = """
-import os
-me, mark = os.readlink("/proc/self/ns/mnt"), "pussh" + "-delta"
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        if int(pid) != os.getpid() and os.readlink(f"/proc/{pid}/ns/mnt") == me:
-            args = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode(errors="replace")
-            if mark in args:
-                print(pid, args[:80].replace("\\n", " "))
-    except OSError:
-        pass
-"""
+    procs = remote.run("python3", "-c", _HELPER_PROCS).stdout.splitlines()
+    return dirs + [p for p in procs if p.strip()]
 
 
 def start_push(local, remote, *args) -> subprocess.Popen:
@@ -76,11 +89,12 @@ def start_push(local, remote, *args) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def wait_for_rebuild(remote, proc) -> None:
-    """Until the helper is rebuilding a layer on the server (its partial file is there)."""
+def wait_for_rebuild(remote, proc, tmp_glob: str = "/var/lib/docker/tmp/pussh-delta-*") -> None:
+    """Until the helper is rebuilding a layer on the server (its partial file is in its temp
+    directory, `tmp_glob`: Docker's tmp for a classic store, beside containerd's content store for
+    the direct path)."""
     deadline = time.monotonic() + 60
-    while not remote.run("sh", "-c", "ls -d /var/lib/docker/tmp/pussh-delta-*/*.partial 2>/dev/null",
-                         check=False).stdout:
+    while not remote.run("sh", "-c", f"ls -d {tmp_glob}/*.partial 2>/dev/null", check=False).stdout:
         assert proc.poll() is None, "".join(proc.communicate())
         assert time.monotonic() < deadline, "the delta never started rebuilding"
         time.sleep(0.05)
@@ -184,4 +198,69 @@ def test_delta_to_containerd_server_opt_in(local, remote_host):
     [line] = [l for l in remote.ctr("content", "ls", namespace="moby").stdout.splitlines()
               if l.startswith(d["stored_digest"])]
     assert f"containerd.io/uncompressed={d['diff_id']}" in line
+    assert leftovers(remote) == []
+
+
+def test_delta_to_containerd_server_interrupted(local, remote_host):
+    """Killed mid-rebuild on the direct path: the server's old image whole, no blob or ingest of
+    the push's in containerd, nothing left running; the next push makes it, by delta."""
+    remote = remote_host
+    blobs_dir = f"{remote.content_root}/blobs/sha256"
+    server_id = lambda: remote.docker("image", "inspect", "--format", "{{.Id}}", "dlt:app").stdout.strip()  # noqa: E731
+    images = lambda: set(remote.docker("image", "ls", "-aq", "--no-trunc").stdout.split())  # noqa: E731
+    content = lambda: {line.split()[0] for line in  # noqa: E731
+                       remote.ctr("content", "ls", "-q", namespace="moby").stdout.splitlines() if line.strip()}
+    on_disk = lambda: set(remote.run("ls", "-A", blobs_dir).stdout.split())  # noqa: E731
+    ingests = lambda: [line for line in  # noqa: E731  (ctr's header line: REF SIZE AGE)
+                       remote.ctr("content", "active", namespace="moby").stdout.splitlines()
+                       if line.strip() and not line.startswith("REF")]
+
+    # 1. a known base, whatever the shared server held: v0, sent plainly
+    r, res = push(local, remote, "dlt:v0", "--no-delta")
+    assert res["delta"] == [], res
+    assert remote.diff_ids("dlt:app") == local.diff_ids("dlt:v0")
+    collect_garbage(remote)  # (what the shared server held before goes now, not during the checks)
+    v0_id, images_before, content_before, disk_before = server_id(), images(), content(), on_disk()
+    v0_files = files_listing(local, "dlt:v0")
+    assert files_listing(remote, "dlt:app") == v0_files
+
+    # 2. v3 by delta, the link slow, the client killed while the helper rebuilds the layer
+    local.docker("tag", "dlt:v3", "dlt:app")
+    helper_tmp = f"{posixpath.dirname(remote.content_root)}/pussh-delta-*"
+    with remote.shaped(rate="1mbit"):
+        proc = start_push(local, remote, "--delta")
+        try:
+            wait_for_rebuild(remote, proc, helper_tmp)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            out, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, \
+        f"the push ended (rc={proc.returncode}) before the kill: nothing was interrupted\n{out}{err}"
+
+    # 3. the helper gone with its directory; nothing of the push stored, nothing half-written
+    deadline = time.monotonic() + 20
+    while leftovers(remote):
+        assert time.monotonic() < deadline, f"left on the server after the kill: {leftovers(remote)}"
+        time.sleep(0.2)
+    assert server_id() == v0_id
+    assert images() == images_before
+    content_after, disk_after = content(), on_disk()
+    assert content_after - content_before == set(), "containerd took blobs from the killed push"
+    assert disk_after - disk_before == set(), f"new files in {blobs_dir} after the kill"
+    assert not [n for n in disk_after if n.endswith(".pussh-partial")], disk_after
+    assert not [i for i in ingests() if "pussh" in i], ingests()
+    assert files_listing(remote, "dlt:app") == v0_files
+
+    # 4. the next push makes it, by delta again: the server's own gzip of the rebuilt layer
+    r, res = push(local, remote, "dlt:v3", "--delta")
+    [d] = res["delta"]
+    assert d["rebuilt"] and d["error"] is None and d["stored_digest"], res
+    # (the check of step 3 could have seen it: the server did not have this blob before)
+    assert d["stored_digest"] not in content_before | {f"sha256:{n}" for n in disk_before}, res
+    assert d["stored_digest"] in content()
+    assert server_id() == res["digest"] != v0_id
+    assert remote.diff_ids("dlt:app") == local.diff_ids("dlt:v3")
+    collect_garbage(remote)  # v0's snapshots go now, not during the run's unpack
+    assert files_listing(remote, "dlt:app") == files_listing(local, "dlt:v3")
+    assert not [i for i in ingests() if "pussh" in i], ingests()
     assert leftovers(remote) == []
