@@ -5,6 +5,10 @@ from __future__ import annotations
 GC_REF_CONTENT = "containerd.io/gc.ref.content"
 UNCOMPRESSED = "containerd.io/uncompressed"  # a layer's diffID
 DISTRIBUTION_SOURCE = "containerd.io/distribution.source"  # + ".<registry host>" = repository
+# Image record labels naming the record's reference (dropped from Docker's dangling copy of it)
+IMAGE_NAME = "io.containerd.image.name"
+OCI_REF_NAME = "org.opencontainers.image.ref.name"
+DANGLING_PREFIX = "moby-dangling@"  # + the target digest: Docker's record of a replaced image
 
 
 def gc_refs(manifest: dict, is_index: bool | None = None) -> dict[str, str]:

@@ -33,7 +33,7 @@ from .ssh import Connection
 
 # An interrupted push's blobs and ingests stay this long for a re-run to resume; then GC takes them.
 LEASE_EXPIRY = timedelta(hours=1)
-DOCKER_NAMESPACE = "moby"
+DOCKER_NAMESPACE = ctrd.DEFAULT_NAMESPACE  # Docker's
 CRI_NAMESPACE = "k8s.io"
 
 
@@ -294,6 +294,6 @@ class ContainerdDestination:
         target = ctrd.Descriptor(desc.media_type, desc.digest, desc.size)
         with self._mapped(f"tagging {name}"):
             for n in names:
-                await self.ctr.images.put(n, target, labels)
+                await self.ctr.images.put(n, target, labels, keep_replaced=self.namespace == DOCKER_NAMESPACE)
             # The records keep the image now (through the GC labels); the lease is done.
             await self.ctr.leases.delete(self.lease)

@@ -28,7 +28,7 @@ from .source import ImageSource
 from .sshlib import asyncssh
 from .target import Target
 
-REGISTRY_NAMESPACE = "moby"  # Docker's containerd image store, where the registry path writes
+REGISTRY_NAMESPACE = ctrd.DEFAULT_NAMESPACE  # Docker's containerd image store, where the registry path writes
 
 
 @dataclass

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from ctrd import Containerd, Descriptor, errors
+from ctrd import DEFAULT_NAMESPACE, Containerd, Descriptor, errors
 from ctrd import imagestore
 from ctrd.imagestore import LABEL_MEDIA_TYPE
 from ctrd.labels import GC_REF_CONTENT
@@ -469,7 +469,8 @@ class Storage:
 
             if tag is not None:
                 target = Descriptor(parsed.media_type, digest, len(body))
-                await self.ctr.images.put(image_name(repo, tag), target)
+                await self.ctr.images.put(image_name(repo, tag), target,
+                                          keep_replaced=self.ctr.namespace == DEFAULT_NAMESPACE)
             else:
                 await self.ctr.leases.add_resource(UNTAGGED_LEASE, digest)
             if parsed.is_index:

@@ -156,3 +156,23 @@ def test_interrupted_direct_push_resumes(local, remote_host):
     # what the first run had sent is not sent again (the veth shows it)
     assert second < size - first * 0.8 + MiB, (first, second, size)
     assert run_output(remote, "direct:big") == run_output(local, "direct:big")
+
+
+def test_a_moved_tag_leaves_the_old_image_dangling_as_docker_does(local, remote_host):
+    """A push that moves a tag keeps the image it named as Docker's `<none>` (a container of it
+    still runs, `docker image prune` removes it), as `docker pull` does, rather than leaving it to
+    containerd's garbage collection, which would also take the layers the new image shares before
+    Docker has unpacked it."""
+    remote = remote_host
+    local.docker("tag", "direct:1", "direct:moving")
+    old = push(local, remote, "direct:moving")[1]["digest"]
+    local.docker("tag", "direct:2", "direct:moving")
+    new = push(local, remote, "direct:moving")[1]["digest"]
+    assert old != new
+    dangling = remote.docker("images", "-q", "--no-trunc", "--filter", "dangling=true").stdout.split()
+    assert old in dangling and new not in dangling, dangling
+    assert run_output(remote, old) == run_output(local, "direct:1")
+    assert run_output(remote, "direct:moving") == run_output(local, "direct:2")
+    remote.docker("image", "prune", "-f")
+    assert old not in remote.docker("images", "-aq", "--no-trunc").stdout.split()
+    assert run_output(remote, "direct:moving") == run_output(local, "direct:2")

@@ -96,6 +96,7 @@ def rerun(local, remote, tag: str, via: str, blobs: dict[str, int], cost: WireCo
 def drop(remote, tag: str) -> None:
     """The tmpfs is small: the test's image goes once the test is done."""
     remote.docker("rmi", "-f", tag)
+    remote.docker("image", "prune", "-f")  # the images the tag named before (Docker keeps them dangling)
     gc(remote.containerd_socket_outside)
 
 
