@@ -164,15 +164,17 @@ def test_a_moved_tag_leaves_the_old_image_dangling_as_docker_does(local, remote_
     containerd's garbage collection, which would also take the layers the new image shares before
     Docker has unpacked it."""
     remote = remote_host
-    local.docker("tag", "direct:1", "direct:moving")
-    old = push(local, remote, "direct:moving")[1]["digest"]
-    local.docker("tag", "direct:2", "direct:moving")
-    new = push(local, remote, "direct:moving")[1]["digest"]
+    for v in ("a", "b"):  # images no other tag names, on either side
+        build_app_image(local, f"dangle:{v}", [1, 1], seed="dangle", last_seed=v)
+    local.docker("tag", "dangle:a", "dangle:moving")
+    old = push(local, remote, "dangle:moving")[1]["digest"]
+    local.docker("tag", "dangle:b", "dangle:moving")
+    new = push(local, remote, "dangle:moving")[1]["digest"]
     assert old != new
     dangling = remote.docker("images", "-q", "--no-trunc", "--filter", "dangling=true").stdout.split()
     assert old in dangling and new not in dangling, dangling
-    assert run_output(remote, old) == run_output(local, "direct:1")
-    assert run_output(remote, "direct:moving") == run_output(local, "direct:2")
+    assert run_output(remote, old) == run_output(local, "dangle:a")
+    assert run_output(remote, "dangle:moving") == run_output(local, "dangle:b")
     remote.docker("image", "prune", "-f")
     assert old not in remote.docker("images", "-aq", "--no-trunc").stdout.split()
-    assert run_output(remote, "direct:moving") == run_output(local, "direct:2")
+    assert run_output(remote, "dangle:moving") == run_output(local, "dangle:b")
