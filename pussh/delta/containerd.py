@@ -16,9 +16,9 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from ctrd import unpack
 from oci import digest as D
 from oci import manifest as M
-from ctrd import unpack
 from oci import mediatypes as MT
 
 from ..dest_containerd import ContainerdDestination
@@ -51,18 +51,15 @@ async def server_layers(dest: ContainerdDestination, current: str, platform: M.P
     return list(image.layers) if image is not None else []
 
 
-async def base_dirs(dest: ContainerdDestination, image: M.Parsed) -> list[str | None]:
-    """For each layer of the server's image, its unpacked directory in the snapshotter (None where
-    it is not unpacked): a base read from there needs no inflating, whatever the blob's compression.
-    (Docker unpacks an image of its own when a container of it first runs.)"""
+async def chain_ids(dest: ContainerdDestination, image: M.Parsed) -> list[str]:
+    """The chain IDs of the server image's layers (the names of their snapshots), [] if its config
+    does not say."""
     try:
         config = json.loads(await dest.read_blob(image.config.digest)) if image.config else {}
         diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
     except (ValueError, PusshError):
-        return [None] * len(image.layers)
-    if len(diff_ids) != len(image.layers):
-        return [None] * len(image.layers)
-    return [await dest.layer_dir(chain) for chain in unpack.chain_ids(diff_ids)]
+        return []
+    return unpack.chain_ids(diff_ids) if len(diff_ids) == len(image.layers) else []
 
 
 async def has_zstd_layers(dest: ContainerdDestination, current: str, platform: M.Platform) -> bool:
@@ -89,7 +86,7 @@ async def rewrite(conn: Connection, server: Server, dest: ContainerdDestination,
     if base_image is None or not base_image.layers or root is None:
         return plan
     base_layers = list(base_image.layers)
-    dirs: list[str | None] | None = None  # asked once a layer is worth a delta
+    chains: list[str] | None = None  # asked once a layer is worth a delta
     missing = {b.digest for b in await dest.missing(plan.blobs)}
     exact_only = forced is None
     swaps: dict[str, M.Desc] = {}
@@ -112,9 +109,12 @@ async def rewrite(conn: Connection, server: Server, dest: ContainerdDestination,
                 j = min(i, len(base_layers) - 1)
                 base = base_layers[j]
                 record = LayerDelta(digest=layer.digest, diff_id=diff_ids[i], base=base.digest)
-                if dirs is None:
-                    dirs = await base_dirs(dest, base_image)
-                where = {"dir": dirs[j]} if dirs[j] else {"blob": f"{root}/blobs/sha256/{D.hex_of(base.digest)}"}
+                if chains is None:
+                    chains = await chain_ids(dest, base_image)
+                # Its unpacked snapshot where the server has one (Docker unpacks an image when a
+                # container of it first runs): read as files, whatever the blob's compression.
+                unpacked = await dest.layer_dir(chains[j]) if chains else None
+                where = {"dir": unpacked} if unpacked else {"blob": f"{root}/blobs/sha256/{D.hex_of(base.digest)}"}
                 result.delta.append(record.to_json())
                 try:
                     if session is None:
