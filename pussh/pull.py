@@ -25,9 +25,9 @@ from .plan import make_plan
 from .progress import UI
 from .options import HostResult, PushOptions
 from .push import _shielded
+from .source import AsStored
 from .sshlib import asyncssh
 from .target import Target
-from .source import AsStored
 
 
 

@@ -21,8 +21,8 @@ from oci.manifest import Desc
 
 from .dockerapi import DockerAPI
 from .errors import NoSuchLocalImage, PusshError
-from .source_classic import _ThreadReader, cache_dir
 from .source import AsStored
+from .source_classic import _ThreadReader, cache_dir
 from ctrd.content import Source
 
 _BLOB = re.compile(r"^blobs/sha256/([a-f0-9]{64})$")

@@ -30,6 +30,7 @@ Protocol (stdin -> helper, replies on stdout): a JSON line per command, binary a
 Every rebuilt file lives in a private temporary directory removed when the helper ends (EOF, a
 signal, an error): an interrupted push leaves nothing behind, and nothing is stored unverified.
 """
+import concurrent.futures
 import errno
 import hashlib
 import json
@@ -312,19 +313,19 @@ def layer_dir(docker_root, chain_hex):
 
 
 class BlockGzip:
-    """pussh's gzip, deterministic and parallel (pigz's scheme): the stream is cut into BLOCK-sized
+    """pussh's gzip, deterministic and parallel (pigz's scheme): the stream is cut into PIECE-sized
     pieces at fixed offsets, each deflated on its own thread, primed with the previous piece's last
     32 KiB and ended on a byte boundary (a sync flush); a piece that samples as incompressible is
     stored. The same bytes give the same blob however they are fed and on however many threads, so
     a server can rebuild, byte for byte, a layer blob a classic-store client made (both use this).
     write() hands out the compressed bytes in order, through `out`."""
     HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0, OS unknown
+    PIECE = 1 << 20  # (with the level and the rules below: the output format, fixed)
     WINDOW = 32 << 10
     SAMPLE = 16 << 10  # four samples of a piece compressing to more than STORE_ABOVE of their size:
     STORE_ABOVE = 0.95  # the piece is stored (random data deflates at a fifth of a stored copy's speed)
 
     def __init__(self, out, threads=None):
-        import concurrent.futures
         self._out = out
         threads = max(1, min(4, threads or os.cpu_count() or 1))
         self._pool = concurrent.futures.ThreadPoolExecutor(threads)
@@ -337,9 +338,9 @@ class BlockGzip:
 
     def write(self, data):
         self._buf += data
-        while len(self._buf) > BLOCK:  # a piece is sent only once more follows: the last is final
-            self._piece(bytes(self._buf[:BLOCK]), False)
-            del self._buf[:BLOCK]
+        while len(self._buf) > self.PIECE:  # a piece goes once more follows: the last is final
+            self._piece(bytes(self._buf[:self.PIECE]), False)
+            del self._buf[:self.PIECE]
 
     def close(self):
         """The last piece and the trailer; the threads end."""

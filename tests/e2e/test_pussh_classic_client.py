@@ -1,5 +1,6 @@
-"""A local Docker with the classic image store: layers are exported, compressed once (BlockGzip to a containerd store, zstd to a classic one) into the
-cache by diffID, and a repeated push exports and compresses nothing."""
+"""A local Docker with the classic image store: layers are exported, compressed once (BlockGzip for
+a containerd store, zstd for a classic one) into the cache by diffID, and a repeated push exports
+and compresses nothing."""
 from __future__ import annotations
 
 import json

@@ -161,14 +161,15 @@ def block_gzip(data: bytes, threads: int, feed: int) -> bytes:
 
 def test_block_gzip_is_gzip_and_the_same_however_fed():
     text = b"".join(b"line %d of a text file that compresses\n" % i for i in range(120_000))
-    data = text[:helper.BLOCK + 5000] + os.urandom(2 * helper.BLOCK) + text[:3 * helper.BLOCK]
-    blobs = {block_gzip(data, threads, feed) for threads, feed in ((1, 777_777), (2, helper.BLOCK), (4, 4 << 20))}
+    piece = helper.BlockGzip.PIECE
+    data = text[:piece + 5000] + os.urandom(2 * piece) + text[:3 * piece]
+    blobs = {block_gzip(data, threads, feed) for threads, feed in ((1, 777_777), (2, piece), (4, 4 << 20))}
     assert len(blobs) == 1
     [blob] = blobs
     assert zlib.decompress(blob, 31) == data
     # the random middle is stored, the text deflated: the blob is about the random part's size
-    assert 2 * helper.BLOCK < len(blob) < 2 * helper.BLOCK + len(text[:4 * helper.BLOCK]) // 5
-    for n in (0, 1, helper.BLOCK, helper.BLOCK + 1):  # the edges of the last piece
+    assert 2 * piece < len(blob) < 2 * piece + len(text[:4 * piece]) // 5
+    for n in (0, 1, piece, piece + 1):  # the edges of the last piece
         assert zlib.decompress(block_gzip(text[:n], 2, 100_000), 31) == text[:n]
 
 
