@@ -518,7 +518,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     a.shapes = [s.strip() for s in a.shapes.split(",") if s.strip()]
     bad = [m for m in a.methods if m not in METHODS] + [s for s in a.shapes if s not in ("unshaped", "shaped")]
-    bad += [s for s in a.scenarios if not re.fullmatch(r"s[1-8](\.[1-3])?|s9(\.[12])?|k[12]?|r[1-4](\.(web|data))?|web|data", s)]
+    bad += [s for s in a.scenarios if not re.fullmatch(r"s[1-8](\.[1-3])?|s9(\.[1-3])?|k[12]?|r[1-4](\.(web|data))?|web|data", s)]
     if bad:
         ap.error(f"unknown: {', '.join(bad)}")
     return a
