@@ -673,7 +673,9 @@ def write_markdown(data: dict, json_name: str) -> str:
               (f"{chr(65 + i)}: " if several else "") + f"`{x['file']}`: " + (f"scenarios {', '.join(x['scenarios'])}; " if several else "")
               + f"runs per cell {xc.get('runs')}; layer size scale {xc.get('scale')}; started {x.get('started')}, "
               f"finished {x.get('finished') or '(not recorded)'}"
-              + (f", {x['wall_seconds']:.0f} s in all" if x.get("wall_seconds") else "") + ".", ""]
+              + (f", {x['wall_seconds']:.0f} s in all" if x.get("wall_seconds") else "")
+              + (f"; pussh at commit {x['commit']}" + (" (+ uncommitted changes)" if x.get("dirty") else "")
+                 if several and x.get("commit") else "") + ".", ""]
     if any((x.get("config") or {}).get("scale", 1) != 1 for x in sources):
         L += ["**Scaled-down sizes in (some of) these runs: the targets do not apply to them.**", ""]
     L += ["## Machine and versions", "",
@@ -682,7 +684,8 @@ def write_markdown(data: dict, json_name: str) -> str:
           f"- docker CLI {ver.get('docker_cli')}; {ver.get('dockerd', '')}; {ver.get('containerd')}",
           f"- {ver.get('openssh')}; {ver.get('docker-registry')}",
           f"- Python {ver.get('python')}, asyncssh {ver.get('asyncssh', '?')}, aiohttp {ver.get('aiohttp', '?')}; "
-          f"pussh at commit {ver.get('pussh_commit', '?')}" + (" (+ uncommitted changes)" if ver.get("pussh_dirty") else ""),
+          + ("pussh at the commit each run above names" if several else
+           f"pussh at commit {ver.get('pussh_commit', '?')}" + (" (+ uncommitted changes)" if ver.get("pussh_dirty") else "")),
           "- Test bed (`testbed/`): the client is the root network namespace with its own containerd + dockerd; "
           "each server is a second host in its own network + mount namespaces (containerd, dockerd, sshd) "
           "reached over a veth pair. Shaping: `tbf` on both veth ends plus a user-space NFQUEUE delay on each "
@@ -846,6 +849,8 @@ def load(paths: list[Path]) -> dict:
         meta["sources"].append({"file": Path(p).name, "argv": dm.get("argv"), "started": dm.get("started"),
                                 "finished": dm.get("finished"), "wall_seconds": dm.get("wall_seconds"),
                                 "config": dm.get("config", {}),
+                                "commit": dm.get("versions", {}).get("pussh_commit"),
+                                "dirty": dm.get("versions", {}).get("pussh_dirty"),
                                 "scenarios": sorted({s["scenario"] for s in d["samples"]})})
         if i:
             for fam, info in dm.get("images", {}).items():
