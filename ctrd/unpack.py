@@ -144,6 +144,9 @@ async def unpack(ctr: "Containerd", manifest: dict, config: dict, snapshotter: s
     async with _lease(ctr, lease) as lid:
         parent = ""
         for layer, diff_id, chain in zip(layers, diff_ids, chains):
+            # Under the lease before it is looked at: a snapshot found committed (an earlier unpack's,
+            # whose lease has ended) could otherwise be collected before its child is prepared on it.
+            await ctr.leases.add_resource(lid, chain, f"snapshots/{snapshotter}")
             if await snaps.exists(chain) is None and await _apply_layer(ctr, snaps, layer, diff_id, chain, parent,
                                                                           lid):
                 applied.append(chain)
